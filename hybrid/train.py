@@ -1,0 +1,238 @@
+"""The training loop and the run folder it writes.
+
+    run folder/
+      config.toml       the resolved config
+      metrics.csv       one row per evaluation: step, train_loss, val_loss, floor_gap, lr, ...
+      checkpoint.pt     model, optimizer, schedule, RNG states (written atomically)
+      loss_curve.png    train and validation loss against step
+      sample.txt        text generated at the end
+
+The loop's order is the data flow: batch -> model -> loss -> gradients -> clip -> update.
+``train(cfg, out, resume=True)`` continues a killed run from its last checkpoint and ends with
+the parameters an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hybrid.checkpoint import load_checkpoint, save_checkpoint
+from hybrid.config import Config, config_from_dict, load_config, save_config, validate
+from hybrid.data import CharTokenizer, Dataset, load_dataset
+from hybrid.errors import InputError
+from hybrid.models import HybridGPT
+from hybrid.optim import build_optimizer, lr_factor
+from hybrid.plots import append_metrics, plot_loss_curve, read_metrics, write_metrics
+from hybrid.quantum import QuantumLayer
+
+CONFIG, METRICS, CHECKPOINT, CURVE, SAMPLE = (
+    "config.toml",
+    "metrics.csv",
+    "checkpoint.pt",
+    "loss_curve.png",
+    "sample.txt",
+)
+
+
+@dataclass
+class RunSummary:
+    step: int
+    train_loss: float
+    val_loss: float
+    floor: float | None
+    seconds: float
+    out: Path
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-character cross-entropy in nats. Works for ``HybridGPT`` (returns logits) and
+    Hugging Face causal LMs (return an object with ``.logits``)."""
+    logits = model(x)
+    logits = getattr(logits, "logits", logits)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean loss over fixed batches, in eval mode (no dropout, no QNG input capture)."""
+    was_training = model.training
+    model.eval()
+    loss = sum(lm_loss(model, x, y).item() for x, y in batches) / len(batches)
+    model.train(was_training)
+    return loss
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> float:
+    """One update: batch -> model -> loss -> gradients -> clip -> step. Returns the loss."""
+    x, y = batch
+    model.train()
+    loss = lm_loss(model, x, y)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> RunSummary:
+    """Train ``cfg``'s model on its data and write the run folder ``out``.
+
+    With ``resume``, training continues from ``out``'s checkpoint; ``cfg`` must be the run's
+    saved config (``resume_config(out)``), where only ``train.steps`` may differ, to extend it.
+    """
+    out = Path(out)
+    if resume:
+        _check_same_run(cfg, resume_config(out), out)
+    validate(cfg)
+    device = torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device is cuda but no CUDA GPU is visible; use --device cpu")
+
+    # config -> data -> model -> optimizer
+    torch.manual_seed(cfg.train.seed)
+    dataset = load_dataset(cfg.data, cfg.model.block_size)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit).to(device)
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+    for layer in model.modules():
+        if isinstance(layer, QuantumLayer):
+            layer.check_memory(tokens_per_step)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
+    batch_rng = torch.Generator().manual_seed(cfg.train.seed)
+    eval_rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # fixed evaluation batches
+    eval_sets = {
+        split: [_to(dataset.batch(split, cfg.train.batch_size, cfg.model.block_size, eval_rng), device)
+                for _ in range(cfg.train.eval_batches)]
+        for split in ("train", "val")
+    }  # fmt: skip
+
+    step = 0
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        step = _restore(load_checkpoint(out / CHECKPOINT), model, optimizer, scheduler, batch_rng, dataset)
+        # Rows logged after the checkpoint are replayed by this run: drop them.
+        write_metrics(out / METRICS, [r for r in read_metrics(out / METRICS) if r["step"] <= step])
+    else:
+        (out / METRICS).unlink(missing_ok=True)
+    save_config(cfg, out / CONFIG)
+
+    start_step, start_time, losses = step, time.perf_counter(), []
+    interval_start, interval_tokens = time.perf_counter(), 0
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    val_loss = train_loss = math.nan
+    while True:
+        # evaluate, log, checkpoint (a resumed run already did this at its start step)
+        if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
+            train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
+            seconds = time.perf_counter() - interval_start
+            row = {
+                "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
+                "batch_loss": sum(losses) / len(losses) if losses else math.nan,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": interval_tokens / seconds if interval_tokens else math.nan,
+            }  # fmt: skip
+            append_metrics(out / METRICS, row)
+            _save(out / CHECKPOINT, step, cfg, dataset, model, optimizer, scheduler, batch_rng)
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+            losses, interval_start, interval_tokens = [], time.perf_counter(), 0
+        if step >= cfg.train.steps:
+            break
+        batch = _to(dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng), device)
+        losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
+        scheduler.step()
+        step += 1
+        interval_tokens += tokens_per_step
+        bar.update(1)
+        tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+    bar.close()
+
+    plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
+    if cfg.train.sample_chars:
+        text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
+        (out / SAMPLE).write_text(text, encoding="utf-8")
+    return RunSummary(step, train_loss, val_loss, dataset.floor, time.perf_counter() - start_time, out)
+
+
+def resume_config(out: str | Path) -> Config:
+    """The saved config of run folder ``out``."""
+    if not (Path(out) / CONFIG).exists():
+        raise InputError(f"{out} is not a run folder (it has no {CONFIG}); start a new run with --out")
+    return load_config(Path(out) / CONFIG)
+
+
+def _check_same_run(cfg: Config, saved: Config, out: Path) -> None:
+    new, old = cfg.to_dict(), saved.to_dict()
+    new["train"].pop("steps"), old["train"].pop("steps")
+    changed = [f"{s}.{k}" for s in old for k in old[s] if new[s][k] != old[s][k]]
+    if changed:
+        raise InputError(
+            f"resuming {out} with a changed config ({', '.join(changed)}); only --steps may change on resume"
+        )
+
+
+def _to(batch, device):
+    return tuple(t.to(device) for t in batch)
+
+
+def _save(path, step, cfg, dataset, model, optimizer, scheduler, batch_rng) -> None:
+    save_checkpoint(path, {
+        "step": step, "config": cfg.to_dict(), "vocab": dataset.tokenizer.vocab,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "batches": batch_rng.get_state()},
+    })  # fmt: skip
+
+
+def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) -> int:
+    if state["vocab"] != dataset.tokenizer.vocab:
+        raise InputError(
+            "the checkpoint was trained on other data (its vocabulary differs); resume with the same --data"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise InputError(
+            f"the checkpoint does not match the run's config ({str(error).splitlines()[0][:100]}); "
+            "resume without changing the model, circuit or optimizer"
+        ) from None
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    batch_rng.set_state(state["rng"]["batches"])
+    return int(state["step"])
+
+
+def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharTokenizer, Config]:
+    """The trained model, tokenizer and config of a run folder's checkpoint, in eval mode."""
+    state = load_checkpoint(Path(run) / CHECKPOINT)
+    cfg = config_from_dict(state["config"], source=str(Path(run) / CHECKPOINT))
+    tokenizer = CharTokenizer(state["vocab"])
+    model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tokenizer, cfg
+
+
+def sample_text(
+    model, tokenizer: CharTokenizer, n_chars: int, prompt: str = "", temperature: float = 1.0, seed: int = 0
+) -> str:
+    """``prompt`` followed by ``n_chars`` sampled characters (a newline starts an empty prompt)."""
+    start = prompt or ("\n" if "\n" in tokenizer.ids else tokenizer.vocab[0])
+    device = next(model.parameters()).device
+    idx = tokenizer.encode(start)[None].to(device)  # (1, len(start))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(idx, n_chars, temperature=temperature, generator=generator)
+    model.train(was_training)
+    text = tokenizer.decode(out[0].tolist())
+    return text if prompt else text[len(start) :]

@@ -1,0 +1,32 @@
+"""Shared fixtures: float64 comparisons, seeded RNGs, tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import circuits  # noqa: E402
+from hybrid.config import Config, apply_overrides  # noqa: E402
+
+ALL_TEMPLATES = sorted(circuits.TEMPLATES)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def tiny_config(**overrides) -> Config:
+    """A model small enough that 60 steps take about a second on 2 cores."""
+    base = {
+        "model.n_embd": 32, "model.n_head": 2, "model.n_layer": 1, "model.block_size": 16,
+        "train.batch_size": 8, "train.eval_every": 20, "train.eval_batches": 2,
+        "train.sample_chars": 40, "data.corpus_chars": 20_000, "optim.warmup_steps": 5,
+    }  # fmt: skip
+    return apply_overrides(Config(), {**base, **overrides})
