@@ -1,11 +1,20 @@
-"""Optimizers for a hybrid model, and the learning-rate schedule.
+"""One optimizer for a hybrid model: preconditioners own disjoint parameter sets, stock torch steps update.
 
-Every trainable parameter lands in exactly one group, and ``parameter_groups`` checks it.
+    loss.backward()
+    optimizer.step():  for each preconditioner P:  grad_P <- P(grad_P)       (rewrites .grad in place)
+                       SGD step on the preconditioned parameters               (the natural-gradient direction as is)
+                       AdamW step on every other parameter                     (embeddings, norms, ...)
+
+Preconditioners compose by partition, not by chain: every trainable parameter has exactly
+one owner, checked when the optimizer is built. Momentum, weight decay and learning rates
+come from torch; ``param_groups`` are the inner optimizers' groups, so torch LR schedulers
+drive them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -17,44 +26,173 @@ from hybrid.quantum import QuantumLayer
 OPTIMIZERS = ("adamw",)
 
 
-def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Split trainable parameters into ``decay`` (linear and embedding matrices) and
-    ``no_decay`` (biases, norms, circuit angles).
+class Preconditioner(Protocol):
+    """Rewrites the gradients of the parameters it owns; never changes the parameters."""
 
-    Circuit weights are angles: decaying them toward 0 has no meaning, so they never decay.
+    params: list[nn.Parameter]  # the parameters it owns
+
+    def precondition(self, lr: float) -> None:
+        """Update the curvature estimate when due, then replace each owned ``p.grad`` in place.
+        ``lr`` is the step size the update will use (a KL-based clip needs it)."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging, e.g. ``{"metric_cond": ...}``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def trainable_parameters(model: nn.Module) -> dict[int, tuple[str, nn.Parameter]]:
+    """``{id(p): (name, p)}`` for every trainable parameter.
 
     Raises:
         ValueError: a parameter tensor is registered under two names (tied weights).
     """
-    circuit_weights = {id(m.weights) for m in model.modules() if isinstance(m, QuantumLayer)}
-    seen: dict[int, str] = {}
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"decay": [], "no_decay": []}
+    seen: dict[int, tuple[str, nn.Parameter]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if not p.requires_grad:
             continue
         if id(p) in seen:
             raise ValueError(
-                f"parameters {seen[id(p)]!r} and {name!r} are the same tensor (tied weights); "
+                f"parameters {seen[id(p)][0]!r} and {name!r} are the same tensor (tied weights); "
                 "untie them so that each parameter has one owner"
             )
-        seen[id(p)] = name
-        decays = p.dim() >= 2 and id(p) not in circuit_weights
+        seen[id(p)] = (name, p)
+    return seen
+
+
+def parameter_groups(model: nn.Module, exclude: set[int] = frozenset()) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Split the trainable parameters not in ``exclude`` (ids) into ``decay`` (linear and
+    embedding matrices) and ``no_decay`` (biases, norms, circuit angles).
+
+    Circuit weights are angles: decaying them toward 0 has no meaning, so they never decay.
+    """
+    circuit_weights = {id(m.weights) for m in model.modules() if isinstance(m, QuantumLayer)}
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"decay": [], "no_decay": []}
+    for key, (name, p) in trainable_parameters(model).items():
+        if key in exclude:
+            continue
+        decays = p.dim() >= 2 and key not in circuit_weights
         groups["decay" if decays else "no_decay"].append((name, p))
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.name`` asks for, over every trainable parameter of ``model``."""
+class HybridOptimizer(torch.optim.Optimizer):
+    r"""Preconditioned SGD on the parameters of each preconditioner, AdamW on the rest.
+
+    .. math:: \theta_P \leftarrow \theta_P - \mathrm{lr}_P\, P(\nabla_{\theta_P} L), \qquad
+              \theta_{\text{rest}} \leftarrow \mathrm{AdamW}(\nabla_{\theta_{\text{rest}}} L)
+
+    Args:
+        model: the model whose trainable parameters are optimized, all of them.
+        preconditioners: ``(name, preconditioner, lr)`` triples; each owns disjoint parameters.
+        lr: AdamW's learning rate for the parameters no preconditioner owns.
+        weight_decay: AdamW decay on matrices of the rest (not biases, norms, angles).
+        betas: AdamW's betas.
+        momentum: SGD momentum of the preconditioned groups.
+
+    Raises:
+        ValueError: tied weights, a parameter owned twice (the message names it), or a
+            preconditioner owning a tensor that is not a trainable parameter of ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preconditioners: list[tuple[str, Preconditioner, float]] = (),
+        *,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.0,
+    ):
+        trainable = trainable_parameters(model)
+        owner: dict[int, str] = {}
+        for label, pc, _ in preconditioners:
+            for p in pc.params:
+                if id(p) not in trainable:
+                    raise ValueError(f"preconditioner {label!r} owns a tensor that is not a model parameter")
+                if id(p) in owner:
+                    raise ValueError(
+                        f"parameter {trainable[id(p)][0]!r} is owned by both {owner[id(p)]!r} and {label!r}"
+                    )
+                owner[id(p)] = label
+        self.preconditioners = {label: pc for label, pc, _ in preconditioners}
+        self.sgd = None
+        if preconditioners:
+            groups = [{"params": pc.params, "lr": plr, "name": label} for label, pc, plr in preconditioners]
+            self.sgd = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        rest = parameter_groups(model, exclude=set(owner))
+        groups = [
+            {"params": [p for _, p in rest[key]], "weight_decay": decay, "name": f"adamw_{key}"}
+            for key, decay in (("decay", weight_decay), ("no_decay", 0.0))
+            if rest[key]
+        ]
+        self.adamw = torch.optim.AdamW(groups, lr=lr, betas=betas) if groups else None
+        super().__init__([p for o in self._inner() for g in o.param_groups for p in g["params"]], {"lr": lr})
+        self._share_param_groups()
+
+    def _inner(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.sgd, self.adamw) if o is not None]
+
+    def _share_param_groups(self) -> None:
+        # The very dicts of the inner optimizers, so that LR schedulers driving
+        # ``self.param_groups`` drive them. Their load_state_dict builds new dicts: call again.
+        self.param_groups = [g for o in self._inner() for g in o.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Precondition the owned gradients, then one SGD step and one AdamW step."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.sgd is not None:
+            for group in self.sgd.param_groups:
+                self.preconditioners[group["name"]].precondition(lr=group["lr"])
+            self.sgd.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    def stats(self) -> dict[str, float]:
+        """What the preconditioners report, merged (e.g. ``metric_cond``)."""
+        return {k: v for pc in self.preconditioners.values() for k, v in pc.stats().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sgd": self.sgd.state_dict() if self.sgd else None,
+            "adamw": self.adamw.state_dict() if self.adamw else None,
+            "preconditioners": {label: pc.state_dict() for label, pc in self.preconditioners.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state.get("preconditioners", {})) != set(self.preconditioners):
+            raise ValueError(
+                f"state has preconditioners {sorted(state.get('preconditioners', {}))}, "
+                f"this optimizer has {sorted(self.preconditioners)}"
+            )
+        for key, inner in (("sgd", self.sgd), ("adamw", self.adamw)):
+            if (state.get(key) is None) != (inner is None):
+                raise ValueError(f"state and optimizer disagree on whether there is an {key} part")
+            if inner is not None:
+                inner.load_state_dict(state[key])
+        for label, pc in self.preconditioners.items():
+            pc.load_state_dict(state["preconditioners"][label])
+        self._share_param_groups()
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
+    """The optimizer ``cfg.name`` asks for, over every trainable parameter of ``model``.
+
+    ``adamw``: AdamW on everything.
+    """
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    groups = parameter_groups(model)
-    return torch.optim.AdamW(
-        [
-            {"params": [p for _, p in groups["decay"]], "weight_decay": cfg.weight_decay},
-            {"params": [p for _, p in groups["no_decay"]], "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
+    preconditioners: list[tuple[str, Preconditioner, float]] = []
+    return HybridOptimizer(
+        model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
 
 

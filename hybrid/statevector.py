@@ -39,6 +39,15 @@ def simulate(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor) 
     Returns:
         (N, n_outputs) expectation values, real, in the dtype of ``weights``.
     """
+    tables = _tables(program, weights.device, weights.dtype)
+    return _expectations(final_state(program, inputs, weights), tables)
+
+
+def final_state(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The state each input prepares, before measurement: (N, 2^n) complex, wire 0 = MSB.
+
+    Same arguments as ``simulate``; differentiable with respect to inputs and weights.
+    """
     n, N = program.n_qubits, inputs.shape[0]
     cdtype = COMPLEX[weights.dtype]
     tables = _tables(program, weights.device, weights.dtype)
@@ -70,7 +79,7 @@ def simulate(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor) 
             for g in run:
                 state = _apply(state, g, _angle(shared, g), n)
         i = j
-    return _expectations(state, tables)
+    return state
 
 
 def _angle(shared: torch.Tensor, gate) -> torch.Tensor | None:

@@ -139,6 +139,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 "batch_loss": sum(losses) / len(losses) if losses else math.nan,
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": interval_tokens / seconds if interval_tokens else math.nan,
+                **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
             }  # fmt: skip
             append_metrics(out / METRICS, row)
             _save(out / CHECKPOINT, step, cfg, dataset, model, optimizer, scheduler, batch_rng)
