@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
-    {"format": FORMAT, "step": int, "config": {section: {key: value}}, "vocab": str,
+    {"format": FORMAT, "step": int, "seconds": float (wall-clock so far),
+     "config": {section: {key: value}}, "vocab": str,
      "model": state_dict, "optimizer": state_dict, "scheduler": state_dict,
      "rng": {"torch": ByteTensor, "batches": ByteTensor}}
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "use a checkpoint written by `hybrid train`"
         )
     return state
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while writing into it.
+
+    A second process that tries to lock the same folder (say, a resumed sweep while an
+    orphaned worker still trains there) fails at once instead of interleaving writes. The
+    operating system drops the lock when its holder dies, so a crash never leaves it stale.
+
+    Raises:
+        InputError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks, nothing to hold
+        yield
+        return
+    fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(f"{folder} is in use by another process; wait for it to end or use another folder") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -61,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
 
+    sweep = commands.add_parser("sweep", help="train a grid of models on the built-in corpus and fit scaling laws")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder (rerun the command to resume)")
+    sweep.add_argument("--qubits", default="2,4", help="comma-separated qubit counts")
+    sweep.add_argument("--circuit-layers", default="1,2", help="comma-separated circuit layer counts")
+    sweep.add_argument("--widths", default="32,64", help="comma-separated model widths (n_embd)")
+    sweep.add_argument("--optimizers", default="adamw", help="comma-separated optimizer names")
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
+    sweep.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
+    sweep.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
+    sweep.add_argument("--config", type=Path, help="base TOML config of every run")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config key (repeatable)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=run_sweep)
+
     sample = commands.add_parser("sample", help="generate text from a run's checkpoint")
     sample.add_argument("--run", type=Path, required=True, metavar="DIR", help="run folder")
     sample.add_argument("--chars", type=int, default=300, help="characters to generate")
@@ -74,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 def train_overrides(args: argparse.Namespace) -> dict[str, str]:
     """``{"section.key": value}`` from the flags that were given and from ``--set``."""
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
-    for item in args.set:
+    return {**overrides, **set_overrides(args.set)}
+
+
+def set_overrides(items: list[str]) -> dict[str, str]:
+    """``{"section.key": value}`` from ``--set KEY=VALUE`` items."""
+    overrides = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--set takes KEY=VALUE, got {item!r}; e.g. --set model.n_embd=128")
@@ -101,6 +121,27 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char{floor}")
     print(f"run folder: {summary.out}")
     return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from hybrid.sweep import FITS, PLOT, RESULTS, make_grid, sweep
+
+    base = load_config(args.config) if args.config else Config()
+    base = apply_overrides(base, {"train.steps": args.steps, "train.sample_chars": 0, **set_overrides(args.set)})
+    grid = make_grid(
+        _ints(args.qubits, "--qubits"), _ints(args.circuit_layers, "--circuit-layers"),
+        _ints(args.widths, "--widths"), args.optimizers.split(","), _ints(args.seeds, "--seeds"),
+    )  # fmt: skip
+    rows = sweep(base, grid, args.out, workers=args.workers, progress=not args.quiet)
+    print(f"{len(rows)} runs: {args.out / RESULTS}, fits: {args.out / FITS}, plot: {args.out / PLOT}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
 def run_sample(args: argparse.Namespace) -> int:

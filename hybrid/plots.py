@@ -1,48 +1,12 @@
-"""The run folder's metrics table and its loss-curve figure."""
+"""Figures of a run folder."""
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from hybrid.checkpoint import atomic_write
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as dicts of floats (empty cells become NaN)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as file:
-        return [
-            {k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(file)
-        ]
-
-
-def write_metrics(path: str | Path, rows: list[dict[str, float]]) -> None:
-    """Atomically write ``rows``; the header is the union of their keys, in first-seen order."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def write(file):
-        text = [",".join(columns)]
-        text += [",".join(_cell(row.get(k)) for k in columns) for row in rows]
-        file.write(("\n".join(text) + "\n").encode())
-
-    atomic_write(path, write)
-
-
-def append_metrics(path: str | Path, row: dict[str, float]) -> None:
-    """Add one row to ``metrics.csv`` (rewrites the small file so new columns get a header)."""
-    write_metrics(path, [*read_metrics(path), row])
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+from hybrid.tables import read_table
 
 
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, floor: float | None = None) -> Figure:
@@ -51,7 +15,7 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, floor: float
     Saves a PNG and returns the figure (a notebook displays it). Uses matplotlib's object API,
     so it needs no display and leaves pyplot's global state alone.
     """
-    rows = read_metrics(metrics_path)
+    rows = read_table(metrics_path)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     steps = [r["step"] for r in rows]

@@ -2,7 +2,7 @@
 
     run folder/
       config.toml       the resolved config
-      metrics.csv       one row per evaluation: step, train_loss, val_loss, floor_gap, lr, ...
+      metrics.csv       one row per evaluation: step, train_loss, val_loss, floor_gap, lr, seconds, ...
       checkpoint.pt     model, optimizer, schedule, RNG states (written atomically)
       loss_curve.png    train and validation loss against step
       sample.txt        text generated at the end
@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hybrid.checkpoint import load_checkpoint, save_checkpoint
+from hybrid.checkpoint import folder_lock, load_checkpoint, save_checkpoint
 from hybrid.config import Config, config_from_dict, load_config, save_config, validate
 from hybrid.data import CharTokenizer, Dataset, load_dataset
 from hybrid.errors import InputError
 from hybrid.models import HybridGPT
 from hybrid.optim import build_optimizer, lr_factor
-from hybrid.plots import append_metrics, plot_loss_curve, read_metrics, write_metrics
+from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
+from hybrid.tables import append_row, read_table, write_table
 
 CONFIG, METRICS, CHECKPOINT, CURVE, SAMPLE = (
     "config.toml",
@@ -114,54 +115,66 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         for split in ("train", "val")
     }  # fmt: skip
 
-    step = 0
     out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        step = _restore(load_checkpoint(out / CHECKPOINT), model, optimizer, scheduler, batch_rng, dataset)
-        # Rows logged after the checkpoint are replayed by this run: drop them.
-        write_metrics(out / METRICS, [r for r in read_metrics(out / METRICS) if r["step"] <= step])
-    else:
-        (out / METRICS).unlink(missing_ok=True)
-    save_config(cfg, out / CONFIG)
+    with folder_lock(out):  # one process per run folder
+        step = 0
+        if resume:
+            step, seconds_before = _restore(
+                load_checkpoint(out / CHECKPOINT), model, optimizer, scheduler, batch_rng, dataset
+            )
+            # Rows logged after the checkpoint are replayed by this run: drop them.
+            logged = [r for r in read_table(out / METRICS) if r["step"] <= step]
+            write_table(out / METRICS, logged)
+        else:
+            seconds_before = 0.0
+            (out / METRICS).unlink(missing_ok=True)
+        save_config(cfg, out / CONFIG)
 
-    start_step, start_time, losses = step, time.perf_counter(), []
-    interval_start, interval_tokens = time.perf_counter(), 0
-    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    val_loss = train_loss = math.nan
-    while True:
-        # evaluate, log, checkpoint (a resumed run already did this at its start step)
-        if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
-            train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
-            seconds = time.perf_counter() - interval_start
-            row = {
-                "step": step, "train_loss": train_loss, "val_loss": val_loss,
-                "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
-                "batch_loss": sum(losses) / len(losses) if losses else math.nan,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": interval_tokens / seconds if interval_tokens else math.nan,
-                **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
-            }  # fmt: skip
-            append_metrics(out / METRICS, row)
-            _save(out / CHECKPOINT, step, cfg, dataset, model, optimizer, scheduler, batch_rng)
-            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
-            losses, interval_start, interval_tokens = [], time.perf_counter(), 0
-        if step >= cfg.train.steps:
-            break
-        batch = _to(dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng), device)
-        losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
-        scheduler.step()
-        step += 1
-        interval_tokens += tokens_per_step
-        bar.update(1)
-        tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
-    bar.close()
+        start_step, start_time, losses = step, time.perf_counter(), []
 
-    plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
-    if cfg.train.sample_chars:
-        text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
-        (out / SAMPLE).write_text(text, encoding="utf-8")
-    return RunSummary(step, train_loss, val_loss, dataset.floor, time.perf_counter() - start_time, out)
+        def seconds() -> float:  # wall-clock of the whole run, earlier sessions included
+            return seconds_before + time.perf_counter() - start_time
+
+        interval_start, interval_tokens = time.perf_counter(), 0
+        bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress)
+        val_loss = train_loss = math.nan
+        if resume and logged:  # a run resumed at its last step reports its last evaluation
+            train_loss, val_loss = logged[-1]["train_loss"], logged[-1]["val_loss"]
+        while True:
+            # evaluate, log, checkpoint (a resumed run already did this at its start step)
+            if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
+                train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
+                interval = time.perf_counter() - interval_start
+                row = {
+                    "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                    "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
+                    "batch_loss": sum(losses) / len(losses) if losses else math.nan,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": interval_tokens / interval if interval_tokens else math.nan,
+                    "seconds": seconds(),
+                    **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
+                }  # fmt: skip
+                append_row(out / METRICS, row)
+                _save(out / CHECKPOINT, step, seconds(), cfg, dataset, model, optimizer, scheduler, batch_rng)
+                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+                losses, interval_start, interval_tokens = [], time.perf_counter(), 0
+            if step >= cfg.train.steps:
+                break
+            batch = _to(dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng), device)
+            losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
+            scheduler.step()
+            step += 1
+            interval_tokens += tokens_per_step
+            bar.update(1)
+            tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+        bar.close()
+
+        plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
+        if cfg.train.sample_chars:
+            text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
+            (out / SAMPLE).write_text(text, encoding="utf-8")
+        return RunSummary(step, train_loss, val_loss, dataset.floor, seconds(), out)
 
 
 def resume_config(out: str | Path) -> Config:
@@ -185,16 +198,16 @@ def _to(batch, device):
     return tuple(t.to(device) for t in batch)
 
 
-def _save(path, step, cfg, dataset, model, optimizer, scheduler, batch_rng) -> None:
+def _save(path, step, seconds, cfg, dataset, model, optimizer, scheduler, batch_rng) -> None:
     save_checkpoint(path, {
-        "step": step, "config": cfg.to_dict(), "vocab": dataset.tokenizer.vocab,
+        "step": step, "seconds": seconds, "config": cfg.to_dict(), "vocab": dataset.tokenizer.vocab,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "batches": batch_rng.get_state()},
     })  # fmt: skip
 
 
-def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) -> int:
+def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) -> tuple[int, float]:
     if state["vocab"] != dataset.tokenizer.vocab:
         raise InputError(
             "the checkpoint was trained on other data (its vocabulary differs); resume with the same --data"
@@ -210,7 +223,7 @@ def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) ->
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     batch_rng.set_state(state["rng"]["batches"])
-    return int(state["step"])
+    return int(state["step"]), float(state["seconds"])
 
 
 def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharTokenizer, Config]:

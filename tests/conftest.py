@@ -17,9 +17,12 @@ ALL_TEMPLATES = sorted(circuits.TEMPLATES)
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
     torch.manual_seed(0)
     np.random.seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # float reductions depend on it: no test may leak a change
 
 
 def tiny_config(**overrides) -> Config:
