@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from peers import adapters  # noqa: E402
 
 import circuits  # noqa: E402
 from hybrid import QuantumLayer  # noqa: E402
 from hybrid.plan import compile_plan, plan_work  # noqa: E402
 from hybrid.statevector import COMPLEX, estimate_bytes  # noqa: E402
-from peers import adapters  # noqa: E402
 
 LAYERS = 2
 
