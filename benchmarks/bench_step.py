@@ -26,7 +26,9 @@ from hybrid.train import train_step  # noqa: E402
 
 
 def step_seconds(quantum: str, qubits: int, batch_size: int, dtype: torch.dtype, repeats: int, device: str):
-    cfg = apply_overrides(Config(), {"model.quantum": quantum, "circuit.n_qubits": qubits, "train.batch_size": batch_size})
+    cfg = apply_overrides(
+        Config(), {"model.quantum": quantum, "circuit.n_qubits": qubits, "train.batch_size": batch_size}
+    )
     torch.manual_seed(0)
     model = HybridGPT(cfg.model, 64, cfg.circuit).to(device=device, dtype=dtype)
     optimizer = build_optimizer(model, cfg.optim)

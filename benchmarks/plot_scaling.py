@@ -42,7 +42,9 @@ def main(argv=None) -> None:
 
     fig, (by_size, by_batch) = plt.subplots(1, 2, figsize=(11, 4.2))
     for batch in args.batch:
-        by_size.loglog([2**n for n in args.qubits], [seconds[n, batch] for n in args.qubits], "o-", label=f"batch {batch}")
+        by_size.loglog(
+            [2**n for n in args.qubits], [seconds[n, batch] for n in args.qubits], "o-", label=f"batch {batch}"
+        )
     by_size.set(xlabel="state size 2^n (n = qubits)", ylabel="forward+backward (s)", title="time vs qubits")
     by_size.set_xticks([2**n for n in args.qubits], [f"2^{n}" for n in args.qubits])
     for n in args.qubits:
@@ -57,10 +59,9 @@ def main(argv=None) -> None:
     fig.savefig(args.out, dpi=120)
     rows = [f"| {n} | {b} | {seconds[n, b]:.4f} |" for b in args.batch for n in args.qubits]
     table = "\n".join(["| qubits | batch | seconds |", "|---|---|---|", *rows])
-    args.out.with_suffix(".md").write_text(
-        f"# Scaling of forward+backward time\n\n- command: `python {' '.join(sys.argv)}`\n\n![]({args.out.name})\n\n{table}\n",
-        encoding="utf-8",
-    )
+    command = f"python {' '.join(sys.argv)}"
+    text = f"# Scaling of forward+backward time\n\n- command: `{command}`\n\n![]({args.out.name})\n\n{table}\n"
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(table)
 
 
