@@ -82,11 +82,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, 
     return loss.item()
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> RunSummary:
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, on_step=None) -> RunSummary:
     """Train ``cfg``'s model on its data and write the run folder ``out``.
 
     With ``resume``, training continues from ``out``'s checkpoint; ``cfg`` must be the run's
     saved config (``resume_config(out)``), where only ``train.steps`` may differ, to extend it.
+    ``on_step(step)`` is called before each step's evaluation and update (``hybrid submit``
+    labels its hardware jobs with it).
     """
     out = Path(out)
     if resume:
@@ -103,6 +105,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     for layer in model.modules():
         if isinstance(layer, QuantumLayer):
+            layer.configure(cfg.circuit)  # shots, noise, execution options of sampling backends
             layer.check_memory(tokens_per_step)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
@@ -129,6 +132,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     val_loss = train_loss = math.nan
     while True:
+        if on_step is not None:
+            on_step(step)
         # evaluate, log, checkpoint (a resumed run already did this at its start step)
         if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
             train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
@@ -220,6 +225,9 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharToken
     tokenizer = CharTokenizer(state["vocab"])
     model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit)
     model.load_state_dict(state["model"])
+    for layer in model.modules():
+        if isinstance(layer, QuantumLayer):
+            layer.configure(cfg.circuit)
     return model.to(device).eval(), tokenizer, cfg
 
 
