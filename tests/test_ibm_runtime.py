@@ -191,3 +191,16 @@ def test_results_round_trip_and_local_jobs_survive_the_process(tmp_path):
     assert later.find(tag) == job_id and later.status(job_id) == "DONE"
     assert later.result(job_id, 1.0).evs[0].shape == (2, 2)
     assert LocalService().status(job_id) == "UNKNOWN"
+
+
+def test_execution_options_are_valid_estimator_options():
+    from qiskit_ibm_runtime.options import EstimatorOptions
+
+    options = ExecutionOptions(shots=4000, resilience_level=2, twirling=True, dd="XY4", max_execution_time=600)
+    built = EstimatorOptions(**options.runtime_options("hybrid-abc", seed=None))  # validates names and values
+    assert (built.default_shots, built.resilience_level, built.max_execution_time) == (4000, 2, 600)
+    assert built.twirling.enable_gates and built.dynamical_decoupling.sequence_type == "XY4"
+    assert built.environment.job_tags == ["hybrid-abc"]
+    plain = ExecutionOptions().runtime_options("t", seed=7)
+    assert "twirling" not in plain and "dynamical_decoupling" not in plain  # the service's defaults
+    assert EstimatorOptions(**plain).simulator.seed_simulator == 7

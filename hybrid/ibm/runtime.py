@@ -38,12 +38,14 @@ from hybrid.ibm.jobs import (
     MAX_CIRCUIT_SHOTS,
     MAX_EXECUTION_TIME,
     ExecutionOptions,
+    IBMService,
     JobFailed,
     JobResult,
     LocalService,
     open_mode,
     submit,
 )
+from hybrid.ibm.journal import Journal
 
 log = logging.getLogger("hybrid.ibm")
 POLL_SECONDS = 5.0  # at most, between status queries while an IBM job waits (0.1 s doubling up to this)
@@ -135,9 +137,9 @@ class Runtime:
     """
 
     options: ExecutionOptions = field(default_factory=ExecutionOptions)
-    journal: object = None
+    journal: Journal | None = None
     local: LocalService = field(default_factory=LocalService)
-    ibm: object = None
+    ibm: IBMService | None = None
     step: int | None = None
     submitted: int = 0  # jobs this process sent
     reused: int = 0  # jobs this process took from the journal (their results, or their ids)
