@@ -1,4 +1,4 @@
-"""The ``hybrid`` command line: ``hybrid train``, ``hybrid sample``.
+"""The ``hybrid`` command line: ``hybrid train``, ``hybrid sample``, ``hybrid submit``, ``hybrid jobs``.
 
 Bad input ends in one line on stderr, ``error: <problem>; <fix>``, exit status 2, and no
 traceback.
@@ -82,6 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=run_sample)
+
+    submit = commands.add_parser("submit", help="train, evaluate or estimate the metric on Qiskit/IBM backends")
+    submit.add_argument("--backend", help="qiskit.aer, fake_<device> (local testing mode) or ibm_<device>")
+    submit.add_argument(
+        "--task",
+        choices=("train", "eval", "metric"),
+        default="train",
+        help="train (default), eval (losses of --from's model) or metric (block-diagonal metric tensor)",
+    )
+    submit.add_argument(
+        "--from", dest="source", type=Path, metavar="DIR", help="run folder whose model eval/metric use"
+    )
+    submit.add_argument("--out", type=Path, help="run folder to create (default: runs/submit-<time>)")
+    submit.add_argument("--resume", type=Path, metavar="DIR", help="continue DIR; journaled jobs are not sent again")
+    submit.add_argument("--config", type=Path, help="TOML config file (default: small hardware-sized settings)")
+    submit.add_argument("--steps", type=int, help="optimizer steps (one job each)")
+    submit.add_argument("--shots", type=int, help="shots per circuit")
+    submit.add_argument("--mode", choices=("job", "batch", "session"), help="IBM execution mode")
+    submit.add_argument("--noise", help="qiskit.aer only: noise model of a fake device, e.g. fake_manila")
+    submit.add_argument("--resilience-level", type=int, choices=(0, 1, 2), help="error mitigation level (hardware)")
+    submit.add_argument("--twirling", action="store_const", const="true", help="twirl gates and measurements")
+    submit.add_argument("--dd", choices=("XX", "XpXm", "XY4"), help="dynamical decoupling sequence")
+    submit.add_argument("--optimization-level", type=int, choices=(0, 1, 2, 3), help="transpiler preset level")
+    submit.add_argument("--max-execution-time", type=int, metavar="S", help="QPU seconds one job may use")
+    submit.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for one job")
+    submit.add_argument("--seed", type=int, help="random seed")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)")
+    submit.add_argument("--dry-run", action="store_true", help="print the cost preview and send nothing")
+    submit.add_argument("--quiet", action="store_true", help="no progress bar")
+    submit.set_defaults(handler=run_submit)
+
+    jobs = commands.add_parser("jobs", help="list, refresh or fetch the journaled jobs of a submit run")
+    jobs.add_argument(
+        "action", choices=("list", "status", "fetch"), help="list the journal, ask for states, fetch results"
+    )
+    jobs.add_argument("run", type=Path, metavar="DIR", help="run folder of hybrid submit")
+    jobs.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs (default: all)")
+    jobs.set_defaults(handler=run_jobs)
     return parser
 
 
@@ -116,6 +154,11 @@ def run_train(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if (out / CHECKPOINT).exists():
             raise InputError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    if cfg.circuit.backend.startswith("ibm_"):
+        raise InputError(
+            f"hybrid train sends no jobs to IBM hardware; use hybrid submit --backend {cfg.circuit.backend} "
+            "(cost preview, job journal, resume without paying twice)"
+        )
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     floor = f" (entropy floor {summary.floor:.3f}, gap {summary.val_loss - summary.floor:.3f})" if summary.floor else ""
     print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char{floor}")
@@ -142,6 +185,27 @@ def _ints(text: str, flag: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+SUBMIT_FLAGS = {
+    "backend": "circuit.backend", "steps": "train.steps", "shots": "circuit.shots", "mode": "circuit.mode",
+    "noise": "circuit.noise", "resilience_level": "circuit.resilience_level", "twirling": "circuit.twirling",
+    "dd": "circuit.dd", "optimization_level": "circuit.optimization_level",
+    "max_execution_time": "circuit.max_execution_time", "timeout": "circuit.result_timeout", "seed": "train.seed",
+}  # fmt: skip
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from hybrid.ibm.submit import submit
+
+    overrides = {key: getattr(args, flag) for flag, key in SUBMIT_FLAGS.items() if getattr(args, flag) is not None}
+    return submit(args, {**overrides, **set_overrides(args.set)})
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    from hybrid.ibm.submit import jobs
+
+    return jobs(args)
 
 
 def run_sample(args: argparse.Namespace) -> int:

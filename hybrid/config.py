@@ -37,8 +37,16 @@ class CircuitConfig:
     n_layers: int = 2  # variational layers of the template
     measure: str = "all"  # observables: Z (one per qubit), ZZ (+ neighbour pairs), all (2^n - 1 Z strings)
     backend: str = "default.qubit"  # see hybrid.backends.BACKENDS
-    shots: int = 0  # 0: exact expectation values; > 0: sampled, on shot-based backends
+    shots: int = 0  # 0: exact on simulators, 1024 on sampling backends (qiskit.aer, fake_*, ibm_*); > 0: sampled there
     noise: str = ""  # qiskit.aer only: an IBM fake device whose noise model to use, e.g. fake_manila
+    # Execution of qiskit.aer, fake_* and ibm_* backends (hybrid.ibm); see README "IBM Quantum hardware".
+    mode: str = "job"  # job, batch or session (one dedicated QPU window for the whole run)
+    resilience_level: int = 1  # EstimatorV2 error mitigation on hardware: 0 none, 1 readout (TREX), 2 + ZNE
+    twirling: bool = False  # Pauli twirling of gates and measurements, on hardware
+    dd: str = ""  # dynamical decoupling of idle qubits on hardware: "" off, XX, XpXm or XY4
+    optimization_level: int = 1  # preset pass manager level; circuits are transpiled once per run
+    max_execution_time: int = 0  # QPU seconds one job may use; 0: the service's default (cap 10800)
+    result_timeout: float = 3600.0  # seconds to wait for one job; the journal keeps it for --resume
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import nn
 from circuits import UnsupportedCircuit, compile_circuit
 from hybrid import statevector
 from hybrid.backends import get_backend
+from hybrid.config import CircuitConfig
 from hybrid.errors import InputError
 
 
@@ -28,13 +29,17 @@ class QuantumLayer(nn.Module):
     All leading dimensions (batch, sequence) become one batch of circuit evaluations in a
     single call. On ``default.qubit`` the circuit runs on the batched torch simulator
     (``hybrid.statevector``): complex64 when the weights are float32, complex128 after
-    ``layer.double()``, on whatever device the weights live on. Other backends, and circuits
-    the simulator cannot compile, run as a PennyLane QNode.
+    ``layer.double()``, on whatever device the weights live on. On ``qiskit.aer``,
+    ``fake_<device>`` and ``ibm_<device>`` each call is one EstimatorV2 job with ``shots``
+    per circuit, differentiated by parameter shift (``hybrid.ibm.shots``). Other backends,
+    and circuits the simulator cannot compile, run as a PennyLane QNode.
 
     Args:
         circuit: a template from ``circuits`` (or any object with ``n_qubits``, ``n_inputs``,
             ``n_outputs``, ``weight_shape`` and ``__call__(inputs, weights)``).
         backend: a name in ``hybrid.backends.BACKENDS``.
+        shots: shots per circuit on sampling backends (0: 1024); ignored by exact simulators.
+        noise: ``qiskit.aer`` only, a fake IBM device whose noise model to simulate.
 
     Attributes:
         weights: ``nn.Parameter`` of shape ``circuit.weight_shape``, uniform in [0, 2pi).
@@ -46,7 +51,7 @@ class QuantumLayer(nn.Module):
             single circuit evaluation would not fit in memory.
     """
 
-    def __init__(self, circuit, backend: str = "default.qubit"):
+    def __init__(self, circuit, backend: str = "default.qubit", *, shots: int = 0, noise: str = ""):
         super().__init__()
         missing = [a for a in ("n_qubits", "n_inputs", "n_outputs", "weight_shape") if not hasattr(circuit, a)]
         if missing or not callable(circuit):
@@ -65,6 +70,42 @@ class QuantumLayer(nn.Module):
         except UnsupportedCircuit:
             pass  # run through PennyLane instead
         self.check_memory(batch=1)
+        self.options, self.noise, self._executor = None, "", None
+        self.configure(CircuitConfig(backend=backend, shots=shots, noise=noise))
+
+    def configure(self, cfg: CircuitConfig) -> None:
+        """Take shots, noise and execution options (mode, mitigation, timeouts) from ``cfg``;
+        ``train`` calls this for every layer. Only sampling backends use them.
+
+        Raises:
+            InputError: noise on a backend other than qiskit.aer, an unknown noise device, an
+                option out of range, or a circuit that does not compile to gates.
+        """
+        from hybrid.ibm.devices import check_noise
+
+        check_noise(self.backend, cfg.noise)
+        if self.backend.engine != "qiskit":
+            return
+        from hybrid.ibm.jobs import ExecutionOptions
+
+        if self.program is None:
+            raise InputError(f"{self.circuit!r} does not compile to gates, so it cannot run on {self.backend.name}; "
+                             "use a template from circuits.TEMPLATES")  # fmt: skip
+        self.options, self.noise, self._executor = ExecutionOptions.from_config(cfg), cfg.noise, None
+
+    @property
+    def shots(self) -> int:
+        """Shots per circuit on a sampling backend; 0 on exact ones."""
+        return self.options.shots if self.options is not None else 0
+
+    @property
+    def executor(self):
+        """The ``hybrid.ibm.shots.ShotExecutor`` of a sampling backend (built on first use)."""
+        if self._executor is None:
+            from hybrid.ibm.shots import ShotExecutor
+
+            self._executor = ShotExecutor(self.program, self.backend, self.options, self.noise)
+        return self._executor
 
     @property
     def n_inputs(self) -> int:
@@ -93,6 +134,10 @@ class QuantumLayer(nn.Module):
         self.check_memory(batch=flat.shape[0])
         if self.uses_simulator:
             out = statevector.simulate(self.program, flat, self.weights)  # (N, n_outputs)
+        elif self.backend.engine == "qiskit":
+            from hybrid.ibm.shots import expectation
+
+            out = expectation(self.executor, flat, self.weights)  # (N, n_outputs), one job
         else:
             out = self.run_qnode(flat)  # (N, n_outputs)
         out = out.to(inputs.dtype if inputs.is_floating_point() else self.weights.dtype)

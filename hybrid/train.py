@@ -83,11 +83,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, 
     return loss.item()
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> RunSummary:
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, on_step=None) -> RunSummary:
     """Train ``cfg``'s model on its data and write the run folder ``out``.
 
     With ``resume``, training continues from ``out``'s checkpoint; ``cfg`` must be the run's
     saved config (``resume_config(out)``), where only ``train.steps`` may differ, to extend it.
+    ``on_step(step)`` is called before each step's evaluation and update (``hybrid submit``
+    labels its hardware jobs with it).
     """
     out = Path(out)
     if resume:
@@ -104,6 +106,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     for layer in model.modules():
         if isinstance(layer, QuantumLayer):
+            layer.configure(cfg.circuit)  # shots, noise, execution options of sampling backends
             layer.check_memory(tokens_per_step)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
@@ -141,6 +144,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         if resume and logged:  # a run resumed at its last step reports its last evaluation
             train_loss, val_loss = logged[-1]["train_loss"], logged[-1]["val_loss"]
         while True:
+            if on_step is not None:
+                on_step(step)
             # evaluate, log, checkpoint (a resumed run already did this at its start step)
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
                 train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
@@ -233,6 +238,9 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharToken
     tokenizer = CharTokenizer(state["vocab"])
     model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit)
     model.load_state_dict(state["model"])
+    for layer in model.modules():
+        if isinstance(layer, QuantumLayer):
+            layer.configure(cfg.circuit)
     return model.to(device).eval(), tokenizer, cfg
 
 

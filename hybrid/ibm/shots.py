@@ -1,0 +1,151 @@
+r"""A ``QuantumLayer``'s circuits as EstimatorV2 jobs, differentiated by parameter shift.
+
+For every gate angle :math:`\theta_j` (RX, RY, RZ, PhaseShift: generators with eigenvalues
+:math:`\pm\frac12`) the two-term rule is exact:
+
+.. math:: \partial_{\theta_j} \langle O \rangle = \tfrac12\big(\langle O \rangle_{\theta + \frac\pi2 e_j}
+          - \langle O \rangle_{\theta - \frac\pi2 e_j}\big)
+
+so a forward pass over N inputs that autograd records sends one job with two PUBs:
+
+    forward  values (N, 1, P)          -> evs (N, n_outputs)
+    shifts   values (N, 2, S, 1, P)    -> evs (N, 2, S, n_outputs)   (+pi/2, -pi/2; S shifted angles)
+
+and the backward pass is a product with the stored Jacobian, no job:
+``grad_angles = einsum("no,noa->na", grad_out, J)``; torch carries it to inputs and weights
+through ``angles = inputs @ input_coeffs.T + weights @ weight_coeffs.T + offsets``. Only angles
+something differentiable depends on are shifted. A forward pass without autograd (evaluation,
+sampling) sends the forward PUB alone. Extra PUBs (metric-tensor circuits for QNG) ride in
+the same job: see ``ShotExecutor.extras``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from circuits.program import GateProgram, qiskit_observables
+from hybrid.ibm.isa import angle_circuit
+from hybrid.ibm.jobs import ExecutionOptions, JobResult
+from hybrid.ibm.runtime import Pub, Runtime, current_runtime, measurement_settings
+
+
+class PubProvider(Protocol):
+    """Adds PUBs to a layer's next recorded forward job and receives their results."""
+
+    def pubs(self, executor: ShotExecutor, runtime: Runtime, angles: np.ndarray) -> list[Pub]:
+        """PUBs for the batch's (N, n_angles) gate angles."""
+
+    def receive(self, result: JobResult) -> None:
+        """Their results, in the order ``pubs`` returned them."""
+
+
+class ShotExecutor:
+    """Runs ``program`` on backend row ``backend`` as journaled EstimatorV2 jobs.
+
+    Args:
+        program: the compiled circuit.
+        backend: a ``hybrid.backends.Backend`` row of engine ``qiskit``.
+        options: shots and execution options; ``noise``: Aer noise of a fake device.
+
+    Attributes:
+        extras: providers whose PUBs join the next forward job that autograd records, then
+            are removed (QNG adds its metric circuits here each time it wants a metric).
+        last_result: the latest job's ``JobResult`` (evs and standard errors of each PUB).
+    """
+
+    def __init__(self, program: GateProgram, backend, options: ExecutionOptions, noise: str = ""):
+        self.program = program
+        self.backend = backend
+        self.options = options
+        self.noise = noise
+        self.label = _program_label(program)
+        self.extras: list[PubProvider] = []
+        self.last_result: JobResult | None = None
+        self.observables = qiskit_observables(program)
+
+    def runtime(self) -> Runtime:
+        return current_runtime(self.options)
+
+    def isa(self, runtime: Runtime, gates: list[int] | None = None, name: str = "circuit"):
+        """The program (or the gate subset ``gates``) transpiled for this backend, on the
+        layer's physical qubits."""
+        label = f"{self.label}/{name}"
+        return runtime.isa(self.backend, self.noise, angle_circuit(self.program, gates), label, self.label)
+
+    def run(self, angles: np.ndarray, shift: np.ndarray | None, purpose: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Expectation values (N, n_outputs) at gate angles (N, n_angles) and, when ``shift``
+        (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift."""
+        runtime = self.runtime()
+        isa = self.isa(runtime)
+        observables = isa.observables(self.observables)
+        settings = measurement_settings(observables)
+        pubs = [Pub("forward", isa, observables, isa.values(angles)[:, None, :], settings)]
+        shifted = np.flatnonzero(shift) if shift is not None else np.zeros(0, dtype=int)
+        if len(shifted):
+            delta = np.zeros((2, len(shifted), angles.shape[1]))  # (2, S, n_angles)
+            delta[0, np.arange(len(shifted)), shifted] = math.pi / 2
+            delta[1, np.arange(len(shifted)), shifted] = -math.pi / 2
+            values = isa.values(angles[:, None, None, :] + delta)  # (N, 2, S, P)
+            pubs.append(Pub("shifts", isa, observables, values[..., None, :], settings))
+        extras: list[tuple[PubProvider, int]] = []
+        if shift is not None:
+            providers, self.extras = self.extras, []
+            for provider in providers:
+                more = provider.pubs(self, runtime, angles)
+                extras.append((provider, len(more)))
+                pubs += more
+        result = runtime.run(self.backend, pubs, purpose, self.noise)
+        self.last_result = result
+        start = 2 if len(shifted) else 1
+        for provider, count in extras:
+            provider.receive(JobResult(result.evs[start : start + count], result.stds[start : start + count]))
+            start += count
+        values = result.evs[0]  # (N, n_outputs)
+        if shift is None:
+            return values, None
+        jacobian = np.zeros((angles.shape[0], len(self.observables), angles.shape[1]))  # (N, n_outputs, n_angles)
+        if len(shifted):
+            plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, S, n_outputs)
+            jacobian[:, :, shifted] = ((plus - minus) / 2).transpose(0, 2, 1)
+        return values, jacobian
+
+
+class _ShiftExpectation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, angles, executor, shift, purpose):
+        values, jacobian = executor.run(angles.detach().cpu().numpy().astype(np.float64), shift, purpose)
+        ctx.save_for_backward(torch.as_tensor(jacobian if jacobian is not None else np.zeros(0)))
+        return torch.as_tensor(values, dtype=angles.dtype, device=angles.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (jacobian,) = ctx.saved_tensors  # always filled: autograd records only when shifts were sent
+        jacobian = jacobian.to(grad_out.device, grad_out.dtype)
+        return torch.einsum("no,noa->na", grad_out, jacobian), None, None, None
+
+
+def expectation(executor: ShotExecutor, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, n_inputs) angles -> (N, n_outputs) sampled expectation values, differentiable
+    by parameter shift (see the module docstring). Runs in float64, returns ``weights.dtype``."""
+    program = executor.program
+    input_coeffs = torch.as_tensor(program.input_coeffs, dtype=torch.float64, device=inputs.device)
+    weight_coeffs = torch.as_tensor(program.weight_coeffs, dtype=torch.float64, device=inputs.device)
+    offsets = torch.as_tensor(program.offsets, dtype=torch.float64, device=inputs.device)
+    x, w = inputs.to(torch.float64), weights.reshape(-1).to(torch.float64)
+    angles = x @ input_coeffs.T + w @ weight_coeffs.T + offsets  # (N, n_angles)
+    shift = None
+    if torch.is_grad_enabled() and angles.requires_grad:
+        shift = (program.input_coeffs != 0).any(axis=1) & inputs.requires_grad
+        shift |= (program.weight_coeffs != 0).any(axis=1) & weights.requires_grad
+    purpose = "train" if shift is not None else "eval"
+    return _ShiftExpectation.apply(angles, executor, shift, purpose).to(weights.dtype)
+
+
+def _program_label(program: GateProgram) -> str:
+    text = repr((program.n_qubits, program.gates, [sorted(o.items()) for o in program.observables]))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,379 @@
+"""``hybrid submit`` and ``hybrid jobs``: runs on Qiskit backends with a cost preview and a journal.
+
+    hybrid submit --backend fake_manila --steps 2 --out runs/hw      # train; prints jobs per step
+    hybrid submit --backend ibm_brisbane --dry-run                    # cost preview only
+    hybrid submit --resume runs/hw                                    # after a crash: no job is sent twice
+    hybrid submit --task eval --from runs/sim --backend ibm_brisbane  # a trained model on hardware
+    hybrid submit --task metric --backend fake_manila --out runs/g    # block-diagonal metric tensor
+    hybrid jobs list runs/hw | hybrid jobs status runs/hw | hybrid jobs fetch runs/hw [JOB_ID ...]
+
+A submit run folder is a ``hybrid train`` run folder plus ``jobs.sqlite`` (the journal),
+``submit.json`` (task and source), ``submit.log`` and, for local backends, ``local_jobs/``
+(finished results, where IBM's servers would keep them). Training reuses ``hybrid.train``
+as is: each step is one forward with its parameter shifts, so ONE job per step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybrid.backends import get_backend
+from hybrid.checkpoint import atomic_write, load_checkpoint
+from hybrid.config import Config, apply_overrides, load_config, save_config, validate
+from hybrid.errors import InputError
+from hybrid.ibm.credentials import connect, scrub
+from hybrid.ibm.devices import check_noise
+from hybrid.ibm.jobs import FINAL_STATES, ExecutionOptions, JobResult, LocalService
+from hybrid.ibm.journal import JOURNAL, Journal
+from hybrid.ibm.metric import MetricEstimate
+from hybrid.ibm.runtime import Runtime, measurement_settings
+
+TASKS = ("train", "eval", "metric")
+RUN_FILE, LOG, LOCAL_JOBS = "submit.json", "submit.log", "local_jobs"
+# Every token is one circuit input, and a training step runs each with all its parameter
+# shifts: 4 x 8 tokens x (1 + 2 x 12 angles) = 800 circuits per step with these defaults.
+SUBMIT_DEFAULTS = {
+    "model.block_size": 8, "train.batch_size": 4, "circuit.name": "hardware_efficient",
+    "circuit.n_layers": 1, "circuit.shots": 1024, "train.steps": 10, "train.eval_every": 10,
+    "train.eval_batches": 1, "train.sample_chars": 0,
+}  # fmt: skip
+EXECUTION_KEYS = ("circuit.backend", "circuit.shots", "circuit.noise", "circuit.mode", "circuit.resilience_level",
+                  "circuit.twirling", "circuit.dd", "circuit.optimization_level", "circuit.max_execution_time",
+                  "circuit.result_timeout")  # fmt: skip
+
+
+def resolve_run(args, overrides: dict) -> tuple[Path, Config, str, Path | None]:
+    """Run folder, config, task and source run of a ``hybrid submit`` command line."""
+    from hybrid.train import CHECKPOINT, resume_config
+
+    if args.resume:
+        if args.out or args.config or args.source:
+            raise InputError("--resume continues the run in its own folder; drop --out, --config and --from")
+        if not (args.resume / RUN_FILE).exists():
+            raise InputError(f"{args.resume} is not a hybrid submit run folder (no {RUN_FILE}); start one with --out")
+        run = json.loads((args.resume / RUN_FILE).read_text())
+        allowed = {k: v for k, v in overrides.items() if k in ("train.steps", "circuit.result_timeout")}
+        if allowed != overrides:
+            raise InputError(
+                "only --steps and --timeout may change on --resume; the journal matches jobs by their options"
+            )
+        cfg = apply_overrides(resume_config(args.resume), allowed)
+        return args.resume, cfg, run["task"], Path(run["source"]) if run["source"] else None
+    if args.source is not None:
+        if args.config:
+            raise InputError("--from takes the model and data config of that run; drop --config")
+        cfg = resume_config(args.source)  # model shapes must match its checkpoint
+        unknown = sorted(set(overrides) - set(EXECUTION_KEYS) - {"train.seed", "train.eval_batches"})
+        if unknown:
+            raise InputError(f"--from keeps the run's model and data; these cannot change: {', '.join(unknown)}")
+    else:
+        cfg = load_config(args.config) if args.config else apply_overrides(Config(), SUBMIT_DEFAULTS)
+    cfg = apply_overrides(cfg, overrides)
+    out = args.out or Path("runs") / time.strftime("submit-%Y%m%d-%H%M%S")
+    if not args.dry_run and any((out / name).exists() for name in (CHECKPOINT, JOURNAL, RUN_FILE)):
+        raise InputError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    return out, cfg, args.task, args.source
+
+
+def submit(args, overrides: dict, ibm=None) -> int:
+    """``hybrid submit`` (see the module docstring); ``ibm`` injects IBM's service."""
+    out, cfg, task, source = resolve_run(args, overrides)
+    validate(cfg)
+    backend = get_backend(cfg.circuit.backend)
+    if backend.engine != "qiskit":
+        raise InputError(f"hybrid submit runs on qiskit.aer, fake_<device> or ibm_<device>, not {backend.name}; "
+                         "use hybrid train for simulators")  # fmt: skip
+    if cfg.model.quantum == "none":
+        raise InputError("model.quantum is none: there is no circuit to submit; use head or ffn")
+    options = ExecutionOptions.from_config(cfg.circuit)
+    check_noise(backend, cfg.circuit.noise)
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+    handlers = _start_logging(None if args.dry_run else out / LOG, args.quiet, verbose=backend.service == "ibm")
+    try:
+        if backend.service == "ibm" and ibm is None:
+            logging.getLogger("hybrid.ibm").debug("connecting to IBM Quantum for %s", backend.name)  # file only
+            ibm = connect()
+        # A resumed run previews on its recorded qubits; a new one records them once it starts.
+        journal = Journal(out / JOURNAL) if (out / JOURNAL).exists() else None
+        runtime = Runtime(options, journal, LocalService(None if args.dry_run else out / LOCAL_JOBS), ibm)
+        _print_preview(cfg, backend, task, runtime)  # refuses a job over the limits
+        if args.dry_run:
+            return 0
+        # what --resume needs, written before the first job
+        run = {"task": task, "source": str(source or "")}
+        atomic_write(out / RUN_FILE, lambda f: f.write(json.dumps(run).encode()))
+        save_config(cfg, out / "config.toml")
+        runtime.attach(journal or Journal(out / JOURNAL))
+        with runtime.active():
+            if task == "train":
+                _train(cfg, out, bool(args.resume), args.quiet, runtime)
+            else:
+                _evaluate_or_metric(cfg, out, task, source, runtime)
+        print(f"jobs sent: {runtime.submitted}, taken from the journal: {runtime.reused}; journal: {out / JOURNAL}")
+        return 0
+    except InputError as error:
+        logging.getLogger("hybrid.ibm").error("error: %s", error)
+        raise
+    finally:
+        _stop_logging(handlers)
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+def _train(cfg: Config, out: Path, resume: bool, quiet: bool, runtime: Runtime) -> None:
+    from hybrid.train import CHECKPOINT, train
+
+    # Killed before the first checkpoint: start again; the journal still has every job.
+    resume = resume and (out / CHECKPOINT).exists()
+    summary = train(cfg, out, resume=resume, progress=not quiet, on_step=runtime.at_step)
+    per_step = {}
+    for row in runtime.journal.rows():
+        if row.purpose == "train" and "#" not in row.key:
+            per_step[row.step] = per_step.get(row.step, 0) + 1
+    counts = sorted(set(per_step.values()))
+    print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char")
+    print(f"jobs per step: {'-'.join(map(str, counts)) or 0} (measured over {len(per_step)} steps in the journal)")
+    print(f"run folder: {out}")
+
+
+def _model(cfg: Config, source: Path | None):
+    """The model to evaluate: ``source``'s checkpoint on this run's backend, or a fresh one."""
+    from hybrid.data import load_dataset
+    from hybrid.models import HybridGPT
+    from hybrid.quantum import QuantumLayer
+    from hybrid.train import CHECKPOINT
+
+    torch.manual_seed(cfg.train.seed)
+    dataset = load_dataset(cfg.data, cfg.model.block_size)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit)
+    step = 0
+    if source is not None:
+        state = load_checkpoint(source / CHECKPOINT)
+        if state["vocab"] != dataset.tokenizer.vocab:
+            raise InputError(f"{source} was trained on other data; evaluate it with its own data config")
+        model.load_state_dict(state["model"])
+        step = int(state["step"])
+    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    for layer in layers:
+        layer.configure(cfg.circuit)
+    return model.eval(), dataset, layers[0], step
+
+
+def _evaluate_or_metric(cfg: Config, out: Path, task: str, source: Path | None, runtime: Runtime) -> None:
+    from hybrid.train import evaluate
+
+    model, dataset, layer, step = _model(cfg, source)
+    runtime.at_step(step)
+    rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # the batches hybrid train evaluates on
+    batches = {split: [dataset.batch(split, cfg.train.batch_size, cfg.model.block_size, rng)
+                       for _ in range(cfg.train.eval_batches)] for split in ("train", "val")}  # fmt: skip
+    if task == "eval":
+        losses = {f"{split}_loss": evaluate(model, b) for split, b in batches.items()}
+        report = {"step": step, "backend": cfg.circuit.backend, **losses}
+        atomic_write(out / "eval.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+        print(f"step {step} on {cfg.circuit.backend}: train loss {losses['train_loss']:.4f}, "
+              f"val loss {losses['val_loss']:.4f} nats/char; {out / 'eval.json'}")  # fmt: skip
+        return
+    inputs = _layer_inputs(model, layer, batches["train"][0][0])  # (N, n_inputs)
+    angles = layer.program.angles(inputs.double().numpy(), layer.weights.detach().double().numpy())
+    estimate = MetricEstimate(layer.program)
+    estimate.estimate(layer.executor, angles)
+    eig = np.linalg.eigvalsh(estimate.metric)
+    atomic_write(out / "metric.npz", lambda f: np.savez(f, metric=estimate.metric, stderr=estimate.stderr,
+                                                         eigenvalues=eig, inputs=inputs.numpy()))  # fmt: skip
+    _plot_metric(estimate.metric, out / "metric.png", f"{cfg.circuit.backend}, {len(angles)} inputs")
+    print(
+        f"metric of {estimate.metric.shape[0]} weights from {len(angles)} inputs, {len(estimate.layers)} layers: "
+        f"trace {np.trace(estimate.metric):.4f}, eigenvalues {eig[0]:.2e} .. {eig[-1]:.2e}; {out / 'metric.npz'}"
+    )
+
+
+class _Captured(Exception):
+    pass
+
+
+def _layer_inputs(model, layer, x: torch.Tensor) -> torch.Tensor:
+    """The (N, n_inputs) angles ``layer`` receives on batch ``x``, without running any circuit."""
+    seen = []
+
+    def grab(module, args):
+        seen.append(args[0].detach().reshape(-1, module.n_inputs))
+        raise _Captured
+
+    handle = layer.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _plot_metric(metric: np.ndarray, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.2))
+    ax = fig.subplots()
+    bound = float(np.abs(metric).max()) or 1.0
+    image = ax.imshow(metric, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    fig.colorbar(image, ax=ax, label="metric entry")
+    ax.set_title(f"block-diagonal metric tensor\n{title}", fontsize=10)
+    ax.set_xlabel("weight index")
+    ax.set_ylabel("weight index")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+# --- cost preview --------------------------------------------------------------------------
+
+
+def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
+    """Print what the run will send, and refuse it if one job breaks IBM's limits."""
+    from circuits import compile_circuit, make_circuit
+    from hybrid.ibm.runtime import Pub
+    from hybrid.ibm.shots import ShotExecutor
+
+    try:
+        program = compile_circuit(make_circuit(cfg.circuit.name, cfg.circuit.n_qubits, cfg.circuit.n_layers,
+                                               cfg.circuit.measure))  # fmt: skip
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    executor = ShotExecutor(program, backend, runtime.options, cfg.circuit.noise)
+    isa = executor.isa(runtime)
+    settings = measurement_settings(isa.observables(executor.observables))
+    tokens = cfg.train.batch_size * cfg.model.block_size
+    shifted = int(((program.input_coeffs != 0).any(axis=1) | (program.weight_coeffs != 0).any(axis=1)).sum())
+
+    def cost(pubs: list) -> object:
+        estimate = runtime.cost(pubs)
+        runtime.check_limits(backend, estimate)
+        return estimate
+
+    def batch_job(per_input: int) -> object:
+        # a stand-in PUB of the job's shape: (tokens, per_input) parameter sets
+        return cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
+
+    rows = []
+    if task == "train":
+        evaluations = len(set(range(0, cfg.train.steps, cfg.train.eval_every)) | {cfg.train.steps})
+        rows.append(("training step", cfg.train.steps, batch_job(1 + 2 * shifted)))
+        rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
+    elif task == "eval":
+        rows.append(("evaluation batch", 2 * cfg.train.eval_batches, batch_job(1)))
+    else:
+        zeros = np.zeros((tokens, program.n_angles))
+        rows.append(("metric tensor", 1, cost(MetricEstimate(program).pubs(executor, runtime, zeros))))
+    where = {"aer": "Aer, in this process", "local": "local testing mode", "ibm": "IBM Quantum"}[backend.service]
+    print(f"{task} on {backend.name} ({where}), {runtime.options.shots} shots, mode {runtime.options.mode}, "
+          f"{tokens} circuit inputs per batch, qubits {list(isa.layout)}")  # fmt: skip
+    total_jobs = total_seconds = 0
+    for what, count, cost in rows:
+        print(f"  {what}: {count} x 1 job of {cost.circuits:,} circuits, {cost.circuit_shots:,} circuit-shots, "
+              f"~{cost.qpu_seconds:,.0f} s QPU")  # fmt: skip
+        total_jobs, total_seconds = total_jobs + count, total_seconds + count * cost.qpu_seconds
+    qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
+    print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
+          "mitigation adds to it)")  # fmt: skip
+    if task == "train":
+        print("jobs per step: 1 (forward and parameter shifts of the batch in one job)")
+
+
+# --- hybrid jobs ---------------------------------------------------------------------------
+
+
+def jobs(args, ibm=None) -> int:
+    """``hybrid jobs list|status|fetch RUN [JOB_ID ...]``."""
+    path = args.run / JOURNAL
+    if not path.exists():
+        raise InputError(f"{args.run} has no job journal ({JOURNAL}); point at a run folder of hybrid submit")
+    journal = Journal(path)
+    rows = journal.rows()
+    if args.job_ids:
+        missing = set(args.job_ids) - {r.job_id for r in rows}
+        if missing:
+            raise InputError(f"no job {sorted(missing)[0]} in {path}; hybrid jobs list {args.run} shows the ids")
+        rows = [r for r in rows if r.job_id in args.job_ids]
+    services = {}
+
+    def service(row):
+        name = "ibm" if row.backend.startswith("ibm_") else "local"
+        if name not in services:
+            services[name] = (ibm or connect()) if name == "ibm" else LocalService(args.run / LOCAL_JOBS)
+        return services[name]
+
+    if args.action == "status":
+        for row in rows:
+            if row.job_id and row.state not in FINAL_STATES:
+                state = service(row).status(row.job_id)
+                if state != row.state:
+                    journal.status(row.key, state)
+        rows = [journal.find(r.key) for r in rows]
+    if args.action == "fetch":
+        (args.run / "results").mkdir(exist_ok=True)
+        from hybrid.train import resume_config
+
+        timeout = resume_config(args.run).circuit.result_timeout
+        for row in rows:
+            if row.job_id is None:
+                continue
+            if row.result is None:
+                result = service(row).result(row.job_id, timeout)
+                journal.finished(row.key, result.to_bytes())
+            else:
+                result = JobResult.from_bytes(row.result)
+            target = args.run / "results" / f"{row.job_id}.npz"
+            atomic_write(target, lambda f, r=result: f.write(r.to_bytes()))
+            shapes = ", ".join(f"{p['name']} {tuple(e.shape)}" for p, e in zip(row.pubs, result.evs, strict=True))
+            print(f"{row.job_id}: {shapes} -> {target}")
+        return 0
+    print(f"{'job id':38} {'state':10} {'purpose':8} {'step':>5} {'circuits':>9} {'shots':>6} {'QPU s':>7}  backend")
+    for row in rows:
+        step = "-" if row.step is None else row.step
+        print(f"{row.job_id or '(submitting)':38} {row.state:10} {row.purpose:8} {step:>5} {row.circuits:>9} "
+              f"{row.shots:>6} {row.qpu_seconds or 0:>7.0f}  {row.backend}")  # fmt: skip
+    return 0
+
+
+# --- logging -------------------------------------------------------------------------------
+
+
+class _Scrub(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        return True
+
+
+def _start_logging(path: Path | None, quiet: bool, verbose: bool) -> list[logging.Handler]:
+    """Log jobs to ``path``; on stderr too (job states, when ``verbose``: hardware queues are
+    long), but never errors there: the command line prints those once."""
+    logger = logging.getLogger("hybrid.ibm")
+    logger.setLevel(logging.DEBUG)
+    handlers: list[logging.Handler] = []
+    if path is not None:
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if not quiet:  # the file takes DEBUG too
+        handlers.append(logging.StreamHandler())
+        handlers[-1].setLevel(logging.INFO if verbose else logging.WARNING)
+        handlers[-1].addFilter(lambda record: record.levelno < logging.ERROR)
+    for handler in handlers:
+        handler.addFilter(_Scrub())
+        logger.addHandler(handler)
+    return handlers
+
+
+def _stop_logging(handlers: list[logging.Handler]) -> None:
+    logger = logging.getLogger("hybrid.ibm")
+    for handler in handlers:
+        logger.removeHandler(handler)
+        handler.close()
