@@ -241,13 +241,13 @@ class KFACPreconditioner:
         factors = {}
         for name, layer in self.layers.items():
             x, g = self._inputs[name], self._grads[name]
-            if not x and not g:
-                if layer.weight.grad is not None:
-                    raise RuntimeError(
-                        f"K-FAC saw no forward pass of {name!r} but it has a gradient: its weight is used "
-                        "outside its forward(); exclude it from K-FAC"
-                    )
-                continue
+            if not x and layer.weight.grad is not None:
+                raise RuntimeError(
+                    f"K-FAC saw no forward pass of {name!r} but it has a gradient: its weight is used "
+                    "outside its forward(); exclude it from K-FAC"
+                )
+            if not g and layer.weight.grad is None:
+                continue  # the layer did not take part in this step's loss
             if len(x) != len(g):
                 hint = " with fisher='mc', call sampled_backward(logits) before loss.backward()" * (self.fisher == "mc")
                 raise RuntimeError(f"K-FAC saw {len(x)} forward and {len(g)} backward passes of {name!r}{hint}")
