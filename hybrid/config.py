@@ -58,7 +58,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw
+    name: str = "adamw"  # adamw, kfac (K-FAC on nn.Linear layers, AdamW on the rest)
     lr: float = 3e-3  # peak learning rate after warmup
     weight_decay: float = 0.01  # AdamW decay on matrices (not on biases, norms, circuit angles)
     beta1: float = 0.9
@@ -66,6 +66,18 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
+    # K-FAC (hybrid.kfac); damping is in units of the Fisher of one loss term (one token)
+    kfac_lr: float = 0.1  # peak SGD learning rate of the K-FAC layers (the schedule scales it like lr)
+    kfac_damping: float = 0.1  # lambda in (G (x) A + lambda I)^-1; must be > 0 (1e-2 and below diverge here)
+    kfac_curvature_every: int = 10  # steps between factor updates (hooks are idle in between)
+    kfac_inverse_every: int = 50  # steps between decompositions of the factors
+    curvature_ema: float = 0.95  # weight of the old factors in their running average
+    kfac_approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
+    fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
+    kl_clip: float = 1e-3  # bound on s^T (F + damping) s (about 2 KL) of each K-FAC step s; 0 disables
+    kfac_inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
+    kfac_exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
+    kfac_max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
 
 
 @dataclass
@@ -200,4 +212,25 @@ def validate(cfg: Config) -> Config:
         raise InputError(f"optim.min_lr_ratio must lie in [0, 1], got {o.min_lr_ratio}")
     if t.device not in ("cpu", "cuda") and not t.device.startswith("cuda:"):
         raise InputError(f"train.device must be cpu, cuda or cuda:N, got {t.device!r}")
+    _validate_kfac(o)
     return cfg
+
+
+def _validate_kfac(o: OptimConfig) -> None:
+    choices = {"optim.kfac_approx": (o.kfac_approx, ("expand", "reduce")),
+               "optim.fisher": (o.fisher, ("empirical", "mc")),
+               "optim.kfac_inverse": (o.kfac_inverse, ("eigh", "cholesky"))}  # fmt: skip
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InputError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    periods = {"optim.kfac_curvature_every": o.kfac_curvature_every, "optim.kfac_inverse_every": o.kfac_inverse_every,
+               "optim.kfac_max_dim": o.kfac_max_dim}  # fmt: skip
+    for key, value in periods.items():
+        if value < 1:
+            raise InputError(f"{key} must be at least 1, got {value}")
+    if not (o.kfac_damping > 0 and o.kfac_lr > 0):
+        raise InputError(f"optim.kfac_damping and optim.kfac_lr must be > 0, got {o.kfac_damping}, {o.kfac_lr}")
+    if not 0 <= o.curvature_ema < 1:
+        raise InputError(f"optim.curvature_ema must lie in [0, 1), got {o.curvature_ema}")
+    if o.kl_clip < 0:
+        raise InputError(f"optim.kl_clip must be >= 0 (0 disables the clip), got {o.kl_clip}")

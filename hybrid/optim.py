@@ -21,9 +21,11 @@ from torch import nn
 
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
+from hybrid.kfac import KFAC as KFAC
+from hybrid.kfac import KFACPreconditioner
 from hybrid.quantum import QuantumLayer
 
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "kfac")
 
 
 class Preconditioner(Protocol):
@@ -186,14 +188,27 @@ class HybridOptimizer(torch.optim.Optimizer):
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     """The optimizer ``cfg.name`` asks for, over every trainable parameter of ``model``.
 
-    ``adamw``: AdamW on everything.
+    ``adamw``: AdamW on everything. ``kfac``: K-FAC on the ``nn.Linear`` layers (SGD step at
+    ``cfg.kfac_lr``), AdamW on the rest (embeddings, norms, circuit weights).
     """
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     preconditioners: list[tuple[str, Preconditioner, float]] = []
+    if cfg.name == "kfac":
+        preconditioners.append(("kfac", kfac_preconditioner(model, cfg), cfg.kfac_lr))
     return HybridOptimizer(
         model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
+
+
+def kfac_preconditioner(model: nn.Module, cfg: OptimConfig) -> KFACPreconditioner:
+    """K-FAC on ``model``'s ``nn.Linear`` layers with the ``kfac_*`` settings of ``cfg``."""
+    return KFACPreconditioner(
+        model, damping=cfg.kfac_damping, curvature_every=cfg.kfac_curvature_every,
+        inverse_every=cfg.kfac_inverse_every, curvature_ema=cfg.curvature_ema, kfac_approx=cfg.kfac_approx,
+        fisher=cfg.fisher, kl_clip=cfg.kl_clip, inverse=cfg.kfac_inverse,
+        exclude=cfg.kfac_exclude.split(","), max_dim=cfg.kfac_max_dim,
+    )  # fmt: skip
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:

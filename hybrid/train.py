@@ -27,6 +27,7 @@ from hybrid.checkpoint import folder_lock, load_checkpoint, save_checkpoint
 from hybrid.config import Config, config_from_dict, load_config, save_config, validate
 from hybrid.data import CharTokenizer, Dataset, load_dataset
 from hybrid.errors import InputError
+from hybrid.kfac import sampled_fisher_backward
 from hybrid.models import HybridGPT
 from hybrid.optim import build_optimizer, lr_factor
 from hybrid.plots import plot_loss_curve
@@ -55,8 +56,17 @@ class RunSummary:
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-character cross-entropy in nats. Works for ``HybridGPT`` (returns logits) and
     Hugging Face causal LMs (return an object with ``.logits``)."""
+    return next_token_loss(lm_logits(model, x), y)
+
+
+def lm_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (B, T, V) logits of ``HybridGPT`` or a Hugging Face causal LM."""
     logits = model(x)
-    logits = getattr(logits, "logits", logits)  # (B, T, V)
+    return getattr(logits, "logits", logits)  # (B, T, V)
+
+
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats of (B, T, V) logits against (B, T) next-character ids."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
@@ -74,7 +84,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, 
     """One update: batch -> model -> loss -> gradients -> clip -> step. Returns the loss."""
     x, y = batch
     model.train()
-    loss = lm_loss(model, x, y)
+    logits = lm_logits(model, x)  # (B, T, V)
+    sampled_fisher_backward(optimizer, logits)  # K-FAC fisher="mc" on curvature steps: a backward with sampled labels
+    loss = next_token_loss(logits, y)
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -1,0 +1,433 @@
+r"""K-FAC for the ``nn.Linear`` layers of a model (Martens & Grosse 2015; Eschenhagen et al. 2023).
+
+The bookkeeping: which layers, hooks, when to refresh what, state. The curvature math of one
+layer is in ``hybrid.kfac_blocks``.
+
+    forward / backward (curvature steps only):  hooks keep each layer's input x and output gradient g
+    precondition(lr):
+        every curvature_every steps:   A <- ema A + (1 - ema) A_batch,   G <- ema G + (1 - ema) G_batch
+        every inverse_every steps:     eigendecompose A and G (or Cholesky-invert their damped forms)
+        every step:                    grad <- nu (G (x) A + damping I)^-1 grad,  nu = KL clip (<= 1)
+
+Weights and biases are one matrix ``[W | b]`` of shape (d_out, d_in + 1), flattened row-major
+as PyTorch stores ``W``; its curvature block is ``kron(G, A)``. Hooks are registered in one
+place (``__init__``), store raw tensors, and return at once on steps whose factors are not
+refreshed; all math happens in ``precondition``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.errors import InputError
+from hybrid.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+
+FISHERS = ("empirical", "mc")
+KFAC_APPROX = ("expand", "reduce")
+INVERSES = ("eigh", "cholesky")
+
+
+def kfac_layers(
+    model: nn.Module, exclude: Iterable[str] = (), max_dim: int = 2048
+) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """The ``nn.Linear`` layers K-FAC preconditions, and why the other ones are left out.
+
+    Left out: frozen weights, projections of ``nn.MultiheadAttention`` (it calls them
+    functionally, so hooks never fire), layers whose name or an ancestor's name matches a
+    pattern of ``exclude`` (``fnmatch``, e.g. ``"lm_head"`` or ``"blocks.*.attn.query"``), and
+    layers with a factor wider than ``max_dim`` (a large-vocabulary output layer: its G is
+    vocab x vocab).
+
+    Returns:
+        ``({name: layer}, {name: reason})`` for the preconditioned and the left-out layers.
+
+    Raises:
+        InputError: a pattern matches no module, no layer is left, or a preconditioned
+            weight is tied to another parameter.
+    """
+    exclude = [p.strip() for p in exclude if p.strip()]
+    modules = dict(model.named_modules())
+    unmatched = [p for p in exclude if not any(fnmatch.fnmatchcase(name, p) for name in modules)]
+    if unmatched:
+        raise InputError(
+            f"kfac_exclude pattern(s) {unmatched} match no module of the model; "
+            f"use module names such as {', '.join(list(modules)[1:4])}"
+        )
+    mha = [name for name, m in modules.items() if isinstance(m, nn.MultiheadAttention)]
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+
+    layers, skipped = {}, {}
+    for name, m in modules.items():
+        if not isinstance(m, nn.Linear):
+            continue
+        parts = name.split(".")
+        ancestors = [".".join(parts[: i + 1]) for i in range(len(parts))]
+        if not m.weight.requires_grad:
+            skipped[name] = "frozen"
+        elif any(a in mha for a in ancestors):
+            skipped[name] = "inside nn.MultiheadAttention, which bypasses its forward"
+        elif any(fnmatch.fnmatchcase(a, p) for a in ancestors for p in exclude):
+            skipped[name] = "excluded by name"
+        elif max(m.out_features, m.in_features + 1) > max_dim:
+            skipped[name] = f"a factor wider than max_dim={max_dim}"
+        else:
+            tied = [n for p in m.parameters() for n in names[id(p)] if not n.startswith(f"{name}.")]
+            if tied:
+                raise InputError(
+                    f"layer {name!r} shares its parameters with {tied} (tied weights): K-FAC's statistics "
+                    f"would be wrong for both; untie them or exclude {name!r} from K-FAC"
+                )
+            layers[name] = m
+    if not layers:
+        raise InputError("the model has no nn.Linear layer K-FAC can precondition; use another optimizer")
+    return layers, skipped
+
+
+class KFACPreconditioner:
+    r"""Kronecker-factored natural gradient for every ``nn.Linear`` of ``model`` that
+    ``kfac_layers`` selects; a ``hybrid.optim.Preconditioner``.
+
+    .. math:: \nabla_W \leftarrow \nu\,(G \otimes A + \lambda I)^{-1} \nabla_W, \qquad
+              \nu = \min\bigl(1, \sqrt{\kappa / (\mathrm{lr}^2 \sum_l \langle \Delta_l, \nabla_l \rangle)}\bigr)
+
+    A and G are normalized as in ``batch_factors`` (``kron(G, A)`` is the Fisher of one loss
+    term). ``inverse="eigh"`` applies the damping exactly (``G (x) A + damping I``; float64
+    eigendecompositions). ``"cholesky"`` is cheaper on large factors and damps each factor,
+    ``(G + sqrt(damping)/pi I) (x) (A + pi sqrt(damping) I)`` with pi = sqrt((tr A / d_A) /
+    (tr G / d_G)) (Martens & Grosse 2015, sec. 6.3). A factor that is not finite or fails to
+    decompose keeps its previous decomposition (counted in ``stats()["kfac_fallbacks"]``); a
+    layer with none yet passes its gradient through unchanged.
+
+    Args:
+        model: the model; hooks go on the selected layers.
+        damping: lambda > 0, in the units of the Fisher of one loss term.
+        curvature_every: steps between factor updates (the hooks do nothing on other steps).
+        inverse_every: steps between decompositions of the factors.
+        curvature_ema: weight of the old factors in the running average; the first update
+            takes the batch factors as they are.
+        kfac_approx: ``"expand"`` or ``"reduce"`` for inputs with a sequence dimension.
+        fisher: ``"empirical"`` (the training gradients) or ``"mc"`` (one more backward with
+            labels drawn from the model: ``sampled_backward``, which the training loop calls).
+        kl_clip: kappa, the bound on ``s^T (F + damping) s = nu^2 lr^2 <Delta, grad>`` (about twice
+            the KL divergence) of the step ``s = lr nu Delta``; 0 disables the clip.
+        inverse: ``"eigh"`` or ``"cholesky"``.
+        exclude, max_dim: see ``kfac_layers``.
+        seed: seeds the label sampling of ``fisher="mc"``.
+
+    Raises:
+        InputError: bad settings, or a model ``kfac_layers`` refuses.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        damping: float = 0.1,
+        curvature_every: int = 10,
+        inverse_every: int = 50,
+        curvature_ema: float = 0.95,
+        kfac_approx: str = "expand",
+        fisher: str = "empirical",
+        kl_clip: float = 1e-3,
+        inverse: str = "eigh",
+        exclude: Iterable[str] = (),
+        max_dim: int = 2048,
+        seed: int = 0,
+    ):
+        for value, choices, what in ((kfac_approx, KFAC_APPROX, "kfac_approx"), (fisher, FISHERS, "fisher"),
+                                     (inverse, INVERSES, "inverse")):  # fmt: skip
+            if value not in choices:
+                raise InputError(f"K-FAC {what} must be one of {', '.join(choices)}, got {value!r}")
+        if not (damping > 0 and math.isfinite(damping)):
+            raise InputError(f"K-FAC damping must be a finite number > 0, got {damping}")
+        if curvature_every < 1 or inverse_every < 1 or max_dim < 1:
+            raise InputError("K-FAC curvature_every, inverse_every and max_dim must be at least 1")
+        if not 0 <= curvature_ema < 1 or kl_clip < 0:
+            raise InputError(f"K-FAC needs 0 <= curvature_ema < 1 and kl_clip >= 0, got {curvature_ema}, {kl_clip}")
+        self.damping, self.curvature_every, self.inverse_every = damping, curvature_every, inverse_every
+        self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
+        self.kl_clip, self.inverse = kl_clip, inverse
+        self.layers, self.excluded = kfac_layers(model, exclude, max_dim)
+        self.params = [p for m in self.layers.values() for p in (m.weight, m.bias) if p is not None and p.requires_grad]
+        self.steps = 0  # precondition() calls so far
+        self.fallbacks = 0
+        self.generator = torch.Generator().manual_seed(seed)  # CPU: same labels on any device
+        self.A: dict[str, torch.Tensor] = {}
+        self.G: dict[str, torch.Tensor] = {}
+        self._decomposed: dict[str, dict[str, torch.Tensor]] = {}  # name -> {"QA", "lA", ...} or {"A_inv", ...}
+        self._batched: list[tuple[list[str], tuple[torch.Tensor, ...]]] = []  # stacked per shape, for bmm
+        self._kl_scale = torch.ones(())
+        self._sampling = False
+        self._inputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        self._grads: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        self._handles = [
+            layer.register_forward_hook(partial(self._save_input, name), with_kwargs=True)
+            for name, layer in self.layers.items()
+        ]
+
+    # -- hooks: the only hidden control flow; raw tensors only, nothing off curvature steps ----------
+
+    def _curvature_due(self) -> bool:
+        return self.steps % self.curvature_every == 0
+
+    def _save_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        if not (self._curvature_due() and torch.is_grad_enabled() and output.requires_grad):
+            return  # off curvature steps, evaluation and generation: one check and out
+        self._inputs[name].append((args[0] if args else kwargs["input"]).detach())
+        # A tensor hook on the output, not a module backward hook: it still sees the right
+        # gradient when an in-place activation modifies the output afterwards.
+        output.register_hook(partial(self._save_grad, name))
+
+    def _save_grad(self, name: str, grad: torch.Tensor) -> None:
+        if self._sampling == (self.fisher == "mc"):  # mc: only the sampled backward; empirical: only the real one
+            self._grads[name].append(grad.detach())
+
+    def remove(self) -> None:
+        """Remove the hooks; the preconditioner no longer sees the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def sampled_backward(self, logits: torch.Tensor) -> None:
+        """With ``fisher="mc"`` on a curvature step: backpropagate the mean cross-entropy of
+        labels drawn from ``softmax(logits)`` (the true Fisher in expectation), so that the hooks
+        see those output gradients. Leaves ``.grad`` alone. Call it after the forward pass and
+        before ``loss.backward()``; a no-op otherwise.
+
+        Args:
+            logits: (..., V) the model's output with its graph; the training loss must be the
+                mean cross-entropy over the same positions.
+        """
+        if self.fisher != "mc" or not self._curvature_due() or not logits.requires_grad:
+            return
+        flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
+        cdf = F.softmax(flat.detach().double(), dim=-1).cumsum(-1)  # (M, V)
+        u = torch.rand(flat.shape[0], 1, generator=self.generator, dtype=torch.float64).to(flat.device)  # (M, 1)
+        labels = torch.searchsorted(cdf, u, right=True).clamp_(max=flat.shape[-1] - 1).squeeze(1)  # (M,)
+        self._sampling = True
+        try:
+            torch.autograd.grad(F.cross_entropy(flat, labels), self.params, retain_graph=True, allow_unused=True)
+        finally:
+            self._sampling = False
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def precondition(self, lr: float) -> None:
+        """Update the factors and their decompositions when due, then replace each owned
+        ``.grad`` by its clipped natural-gradient direction (see the class docstring)."""
+        if self._curvature_due():
+            self._update_factors(self._batch_factors())
+        for captured in (*self._inputs.values(), *self._grads.values()):
+            captured.clear()
+        if self.steps % self.inverse_every == 0 and self.A:
+            self._decompose()
+        self._precondition_grads(lr)
+        self.steps += 1
+
+    def _batch_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """This step's A and G per layer: the one place where data-parallel training would
+        all-reduce (average) them across ranks."""
+        factors = {}
+        for name, layer in self.layers.items():
+            x, g = self._inputs[name], self._grads[name]
+            if not x and layer.weight.grad is not None:
+                raise RuntimeError(
+                    f"K-FAC saw no forward pass of {name!r} but it has a gradient: its weight is used "
+                    "outside its forward(); exclude it from K-FAC"
+                )
+            if not g and layer.weight.grad is None:
+                continue  # the layer did not take part in this step's loss
+            if len(x) != len(g):
+                hint = " with fisher='mc', call sampled_backward(logits) before loss.backward()" * (self.fisher == "mc")
+                raise RuntimeError(f"K-FAC saw {len(x)} forward and {len(g)} backward passes of {name!r}{hint}")
+            factors[name] = batch_factors(x, g, self.kfac_approx, layer.bias is not None)
+        return factors
+
+    def _update_factors(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (A, G) in factors.items():
+            if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
+                self.fallbacks += 1  # a bad batch must not poison the running averages
+                continue
+            if name in self.A:
+                self.A[name].lerp_(A, 1 - self.curvature_ema)
+                self.G[name].lerp_(G, 1 - self.curvature_ema)
+            else:
+                self.A[name], self.G[name] = A, G
+
+    def _decompose(self) -> None:
+        """Decompose every factor, batched by size, in float64; failures keep the old result."""
+        todo: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}  # (size, device) -> [(layer, "A"/"G", matrix)]
+        for name in self.A:
+            A, G = self.A[name].double(), self.G[name].double()
+            if self.inverse == "cholesky":
+                A, G = factored_damping(A, G, self.damping)
+            for key, M in (("A", A), ("G", G)):
+                todo.setdefault((M.shape[0], M.device), []).append((name, key, M))
+        for items in todo.values():
+            for (name, key, _), result in zip(items, decompose([M for *_, M in items], self.inverse), strict=True):
+                if result is None:
+                    self.fallbacks += 1
+                    continue
+                dtype = self.A[name].dtype
+                entry = self._decomposed.setdefault(name, {})
+                if self.inverse == "eigh":
+                    entry[f"Q{key}"], entry[f"l{key}"] = result[0].to(dtype), result[1]
+                else:
+                    entry[f"{key}_inv"] = result.to(dtype)
+        self._batch_decompositions()
+
+    def _batch_decompositions(self) -> None:
+        """Stack the decompositions of layers of equal shape, so one bmm serves them all."""
+        groups: dict[tuple, list[str]] = {}
+        for name, entry in self._decomposed.items():
+            if len(entry) == (4 if self.inverse == "eigh" else 2):  # both factors decomposed at least once
+                layer = self.layers[name]
+                key = (layer.out_features, layer.in_features, layer.bias is not None, layer.weight.device)
+                groups.setdefault(key, []).append(name)
+        self._batched = []
+        for names in groups.values():
+            entries = [self._decomposed[n] for n in names]
+            if self.inverse == "eigh":
+                QG, QA = torch.stack([e["QG"] for e in entries]), torch.stack([e["QA"] for e in entries])
+                lam = torch.stack([e["lG"][:, None] * e["lA"][None, :] for e in entries])  # (k, d_out, d_a), float64
+                ops = (QG, QA, (1 / (lam + self.damping)).to(QG.dtype))
+            else:
+                ops = (torch.stack([e["G_inv"] for e in entries]), torch.stack([e["A_inv"] for e in entries]))
+            self._batched.append((names, ops))
+
+    def _precondition_grads(self, lr: float) -> None:
+        apply = eigen_precondition if self.inverse == "eigh" else inverse_precondition
+        done, vg = [], torch.zeros((), dtype=torch.float64)
+        for names, ops in self._batched:
+            grads = [self._grad_matrix(n) for n in names]
+            idx = [i for i, g in enumerate(grads) if g is not None]
+            if not idx:
+                continue
+            if len(idx) < len(names):
+                ops = tuple(op[idx] for op in ops)
+            grad = torch.stack([grads[i] for i in idx])  # (k, d_out, d_in + 1)
+            update = apply(grad, *ops)  # (k, d_out, d_in + 1)
+            vg = vg.to(grad.device) + (update * grad).sum(dtype=torch.float64)
+            done.append(([names[i] for i in idx], update))
+        # KL clip (Ba et al. 2017): lr^2 <update, grad> = s^T (F + damping) s of the step s = lr update, ~2 KL
+        scale = torch.ones((), dtype=torch.float64, device=vg.device)
+        if self.kl_clip > 0 and lr > 0:
+            scale = torch.where(vg > 0, (self.kl_clip / (lr**2 * vg)).sqrt().clamp(max=1.0), scale)
+        for names, update in done:
+            update.mul_(scale.to(update.dtype))
+            for name, u in zip(names, update, strict=True):
+                layer = self.layers[name]
+                layer.weight.grad.copy_(u[:, : layer.in_features])
+                if layer.bias is not None and layer.bias.grad is not None:
+                    layer.bias.grad.copy_(u[:, layer.in_features])
+        self._kl_scale = scale
+
+    def _grad_matrix(self, name: str) -> torch.Tensor | None:
+        layer = self.layers[name]
+        if layer.weight.grad is None:
+            return None
+        if layer.bias is None:
+            return layer.weight.grad  # (d_out, d_in)
+        bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
+        return torch.cat([layer.weight.grad, bias[:, None]], dim=1)  # (d_out, d_in + 1)
+
+    # -- what it reports and saves ----------------------------------------------------------------------
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer name: (A, G)}``, the running averages (live tensors; clone to keep them):
+        A (d_in + 1, d_in + 1) with the bias as the last row and column, G (d_out, d_out),
+        normalized as in ``batch_factors``."""
+        return {name: (self.A[name], self.G[name]) for name in self.A}
+
+    def stats(self) -> dict[str, float]:
+        """``kfac_kl_scale``: nu of the latest step (1 = not clipped); ``kfac_fallbacks``: factors
+        skipped or decompositions kept because they were not finite or failed, so far."""
+        return {"kfac_kl_scale": float(self._kl_scale), "kfac_fallbacks": float(self.fallbacks)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps, "fallbacks": self.fallbacks, "inverse": self.inverse,
+            "A": dict(self.A), "G": dict(self.G),
+            "decomposed": {name: dict(entry) for name, entry in self._decomposed.items()},
+            "generator": self.generator.get_state(), "kl_scale": float(self._kl_scale),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state["A"]) - set(self.layers)
+        if unknown or state["inverse"] != self.inverse:
+            raise ValueError(
+                f"K-FAC state does not fit this model and settings (layers {sorted(unknown)}, "
+                f"inverse {state['inverse']!r} vs {self.inverse!r})"
+            )
+
+        def to(name, t):  # dtypes as saved: factors in the weights' dtype, eigenvalues in float64
+            return t.to(self.layers[name].weight.device, copy=True)
+
+        self.steps, self.fallbacks = int(state["steps"]), int(state["fallbacks"])
+        self.A = {n: to(n, t) for n, t in state["A"].items()}
+        self.G = {n: to(n, t) for n, t in state["G"].items()}
+        self._decomposed = {n: {k: to(n, t) for k, t in e.items()} for n, e in state["decomposed"].items()}
+        self.generator.set_state(state["generator"])
+        self._kl_scale = torch.tensor(float(state["kl_scale"]), dtype=torch.float64)
+        self._batch_decompositions()
+
+
+class KFAC(torch.optim.SGD):
+    r"""K-FAC alone: precondition the gradients of the ``nn.Linear`` layers, then a stock SGD step.
+
+    .. math:: \theta \leftarrow \theta - \mathrm{lr}\,\nu\,(G \otimes A + \lambda I)^{-1} \nabla_\theta L
+
+    Only the preconditioned parameters are optimized: train the rest with another optimizer,
+    or use ``hybrid.optim.HybridOptimizer``, which puts AdamW on them.
+
+    Args:
+        model: the model whose ``nn.Linear`` layers are preconditioned.
+        lr, momentum, weight_decay: of the SGD step.
+        **kwargs: ``KFACPreconditioner`` settings (damping, curvature_every, ...).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0, **kwargs):
+        self.kfac = KFACPreconditioner(model, **kwargs)
+        self.preconditioners = {"kfac": self.kfac}  # as in HybridOptimizer, for sampled_fisher_backward
+        super().__init__(self.kfac.params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.kfac.precondition(lr=self.param_groups[0]["lr"])
+        super().step()
+        return loss
+
+    def stats(self) -> dict[str, float]:
+        return self.kfac.stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "kfac": self.kfac.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.kfac.load_state_dict(state_dict.pop("kfac"))
+        super().load_state_dict(state_dict)
+
+
+def sampled_fisher_backward(optimizer: torch.optim.Optimizer, logits: torch.Tensor) -> None:
+    """``sampled_backward(logits)`` of every K-FAC preconditioner of ``optimizer`` (a
+    ``HybridOptimizer`` or ``KFAC``). Training loops call it between the forward pass and
+    ``loss.backward()``; it does nothing unless ``fisher="mc"`` and a curvature step is due."""
+    for pc in getattr(optimizer, "preconditioners", {}).values():
+        if isinstance(pc, KFACPreconditioner):
+            pc.sampled_backward(logits)
