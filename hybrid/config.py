@@ -50,7 +50,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw
+    name: str = "adamw"  # adamw, or qng (quantum natural gradient on circuit weights, AdamW on the rest)
     lr: float = 3e-3  # peak learning rate after warmup
     weight_decay: float = 0.01  # AdamW decay on matrices (not on biases, norms, circuit angles)
     beta1: float = 0.9
@@ -58,6 +58,11 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
+    qng_lr: float = 0.05  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
+    damping: float = 1e-3  # qng: added to the metric's diagonal before the solve (PennyLane's lam)
+    approx: str = "block-diag"  # qng: metric approximation: diag, block-diag or full
+    curvature_every: int = 1  # qng: steps between metric refreshes; the metric is reused in between
+    metric_samples: int = 64  # qng: circuit inputs of the latest batch the metric is averaged over
 
 
 @dataclass
@@ -188,6 +193,14 @@ def validate(cfg: Config) -> Config:
         raise InputError(f"model.dropout must lie in [0, 1), got {m.dropout}")
     if o.lr <= 0:
         raise InputError(f"optim.lr must be > 0, got {o.lr}")
+    if o.name == "qng" and m.quantum == "none":
+        raise InputError("optimizer qng needs a circuit in the model; use --quantum head or ffn, or --optimizer adamw")
+    for key, value in {"optim.qng_lr": o.qng_lr, "optim.damping": o.damping, "optim.curvature_every": o.curvature_every,
+                       "optim.metric_samples": o.metric_samples}.items():  # fmt: skip
+        if value <= 0:
+            raise InputError(f"{key} must be > 0, got {value}")
+    if o.approx not in ("diag", "block-diag", "full"):
+        raise InputError(f"optim.approx must be diag, block-diag or full, got {o.approx!r}")
     if not 0 <= o.min_lr_ratio <= 1:
         raise InputError(f"optim.min_lr_ratio must lie in [0, 1], got {o.min_lr_ratio}")
     if t.device not in ("cpu", "cuda") and not t.device.startswith("cuda:"):

@@ -21,9 +21,11 @@ from torch import nn
 
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
+from hybrid.qng import QNG as QNG
+from hybrid.qng import QNGPreconditioner
 from hybrid.quantum import QuantumLayer
 
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "qng")
 
 
 class Preconditioner(Protocol):
@@ -187,10 +189,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     """The optimizer ``cfg.name`` asks for, over every trainable parameter of ``model``.
 
     ``adamw``: AdamW on everything.
+    ``qng``: quantum natural gradient on the weights of every ``QuantumLayer`` (one block each,
+    learning rate ``cfg.qng_lr``), AdamW on the rest.
     """
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     preconditioners: list[tuple[str, Preconditioner, float]] = []
+    if cfg.name == "qng":
+        layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+        if not layers:
+            raise InputError(
+                "optimizer qng needs a circuit in the model; use --quantum head or ffn, or --optimizer adamw"
+            )
+        qng = QNGPreconditioner(
+            layers, cfg.damping, cfg.approx, curvature_every=cfg.curvature_every, metric_samples=cfg.metric_samples
+        )
+        preconditioners.append(("qng", qng, cfg.qng_lr))
     return HybridOptimizer(
         model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
