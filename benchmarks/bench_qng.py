@@ -16,6 +16,7 @@ circuit with explicit RX gates). Times are medians.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -95,7 +96,7 @@ def pennylane_seconds(circuit, inputs, weights, approx) -> dict[str, float | str
     return out
 
 
-def environment() -> list[str]:
+def environment(load: float) -> list[str]:
     cpu = platform.processor() or platform.machine()
     try:
         model_name = [line for line in open("/proc/cpuinfo") if line.startswith("model name")]
@@ -104,7 +105,8 @@ def environment() -> list[str]:
         pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return [
-        f"- machine: {cpu}, {torch.get_num_threads()} torch threads, {platform.system()} {platform.release()}",
+        f"- machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"{platform.system()} {platform.release()}, load average {load:.1f} at the start",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, pennylane {qml.__version__}, "
         f"pennylane-lightning {version('pennylane_lightning')}",
         f"- command: `{' '.join(['python', *sys.argv])}` at commit {commit or '?'}",
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--metric-inputs", type=int, default=4, help="inputs for the PennyLane comparison")
     parser.add_argument("--write", type=Path, help="also write the markdown here (atomically)")
     args = parser.parse_args()
+    load = os.getloadavg()[0]  # other processes on the machine, before this one adds to it
 
     base = Config()
     rows = [("AdamW on every parameter", base, None)]
@@ -166,7 +169,7 @@ def main() -> None:
                 f"| {label} | {ours:.2e} ({ours_batch:.2e} at {len(big)} inputs) | {peer} | {peer_s:.2e} | "
                 f"{peer_s / ours:.0f}x |"
             )
-    text = "\n".join(["## QNG benchmark", "", *environment(), "", *table, ""])
+    text = "\n".join(["## QNG benchmark", "", *environment(load), "", *table, ""])
     print(text)
     if args.write:
         atomic_write(args.write, lambda file: file.write(text.encode()))

@@ -58,7 +58,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
-    qng_lr: float = 0.05  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
+    qng_lr: float = 0.03  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
     damping: float = 1e-3  # qng: added to the metric's diagonal before the solve (PennyLane's lam)
     approx: str = "block-diag"  # qng: metric approximation: diag, block-diag or full
     curvature_every: int = 1  # qng: steps between metric refreshes; the metric is reused in between

@@ -30,7 +30,8 @@ def damped_solve(metric: torch.Tensor, grad: torch.Tensor, damping: float) -> to
     Cholesky first: the damped metric is symmetric positive definite for damping > 0. When
     rounding makes it fail (an eigenvalue at or below zero) or the answer overflows, an
     eigendecomposition solves on the eigenvalues that are safely positive only, the
-    pseudo-inverse answer (PennyLane's ``pinv``); so a finite ``grad`` gives a finite result.
+    pseudo-inverse answer (PennyLane's ``pinv``). The result is finite for any singular or
+    ill-conditioned metric and any finite ``grad`` below ~1e150 (float64).
     """
     A = metric + damping * torch.eye(metric.shape[0], dtype=metric.dtype, device=metric.device)
     factor, info = torch.linalg.cholesky_ex(A)
