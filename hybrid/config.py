@@ -58,7 +58,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw, kfac (K-FAC on nn.Linear layers, AdamW on the rest)
+    name: str = "hybrid"  # hybrid (K-FAC + QNG + AdamW), kfac, qng or adamw; see hybrid.optim.build_optimizer
     lr: float = 3e-3  # peak learning rate after warmup
     weight_decay: float = 0.01  # AdamW decay on matrices (not on biases, norms, circuit angles)
     beta1: float = 0.9
@@ -78,6 +78,12 @@ class OptimConfig:
     kfac_inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
     kfac_exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
     kfac_max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
+    # QNG (hybrid.qng)
+    qng_lr: float = 0.03  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
+    qng_damping: float = 1e-3  # qng: added to the metric's diagonal before the solve (PennyLane's lam)
+    qng_approx: str = "block-diag"  # qng: metric approximation: diag, block-diag or full
+    qng_curvature_every: int = 1  # qng: steps between metric refreshes; the metric is reused in between
+    qng_metric_samples: int = 64  # qng: circuit inputs of the latest batch the metric is averaged over
 
 
 @dataclass
@@ -177,6 +183,7 @@ def _coerce(value: Any, kind: type, dotted: str, source: str) -> Any:
 
 
 QUANTUM_PLACES = ("head", "ffn", "none")
+OPTIMIZERS = ("hybrid", "kfac", "qng", "adamw")  # see hybrid.optim.build_optimizer
 
 
 def validate(cfg: Config) -> Config:
@@ -208,12 +215,27 @@ def validate(cfg: Config) -> Config:
         raise InputError(f"model.dropout must lie in [0, 1), got {m.dropout}")
     if o.lr <= 0:
         raise InputError(f"optim.lr must be > 0, got {o.lr}")
+    if o.name not in OPTIMIZERS:
+        raise InputError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}")
+    if o.name == "qng" and m.quantum == "none":
+        raise InputError("optimizer qng needs a circuit in the model; use --quantum head or ffn, or --optimizer adamw")
     if not 0 <= o.min_lr_ratio <= 1:
         raise InputError(f"optim.min_lr_ratio must lie in [0, 1], got {o.min_lr_ratio}")
     if t.device not in ("cpu", "cuda") and not t.device.startswith("cuda:"):
         raise InputError(f"train.device must be cpu, cuda or cuda:N, got {t.device!r}")
     _validate_kfac(o)
+    _validate_qng(o)
     return cfg
+
+
+def _validate_qng(o: OptimConfig) -> None:
+    for key, value in {"optim.qng_lr": o.qng_lr, "optim.qng_damping": o.qng_damping,
+                       "optim.qng_curvature_every": o.qng_curvature_every,
+                       "optim.qng_metric_samples": o.qng_metric_samples}.items():  # fmt: skip
+        if value <= 0:
+            raise InputError(f"{key} must be > 0, got {value}")
+    if o.qng_approx not in ("diag", "block-diag", "full"):
+        raise InputError(f"optim.qng_approx must be diag, block-diag or full, got {o.qng_approx!r}")
 
 
 def _validate_kfac(o: OptimConfig) -> None:

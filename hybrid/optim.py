@@ -21,11 +21,12 @@ from torch import nn
 
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
+from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.kfac import KFAC as KFAC
 from hybrid.kfac import KFACPreconditioner
+from hybrid.qng import QNG as QNG
+from hybrid.qng import QNGPreconditioner
 from hybrid.quantum import QuantumLayer
-
-OPTIMIZERS = ("adamw", "kfac")
 
 
 class Preconditioner(Protocol):
@@ -188,17 +189,35 @@ class HybridOptimizer(torch.optim.Optimizer):
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     """The optimizer ``cfg.name`` asks for, over every trainable parameter of ``model``.
 
-    ``adamw``: AdamW on everything. ``kfac``: K-FAC on the ``nn.Linear`` layers (SGD step at
-    ``cfg.kfac_lr``), AdamW on the rest (embeddings, norms, circuit weights).
+    ``hybrid`` (the default): K-FAC on the classical ``nn.Linear`` layers (SGD step at
+    ``cfg.kfac_lr``), quantum natural gradient on the weights of every ``QuantumLayer`` (one
+    metric block each, SGD step at ``cfg.qng_lr``), AdamW on the rest (embeddings, norms,
+    biases of excluded layers). A model without circuits gets K-FAC + AdamW.
+    ``kfac``: K-FAC on the ``nn.Linear`` layers, AdamW on the rest, circuit weights included.
+    ``qng``: quantum natural gradient on the circuit weights, AdamW on the rest.
+    ``adamw``: AdamW on everything.
     """
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     preconditioners: list[tuple[str, Preconditioner, float]] = []
-    if cfg.name == "kfac":
+    if cfg.name in ("kfac", "hybrid"):
         preconditioners.append(("kfac", kfac_preconditioner(model, cfg), cfg.kfac_lr))
+    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    if cfg.name == "qng" and not layers:
+        raise InputError("optimizer qng needs a circuit in the model; use --quantum head or ffn, or --optimizer adamw")
+    if cfg.name in ("qng", "hybrid") and layers:
+        preconditioners.append(("qng", qng_preconditioner(layers, cfg), cfg.qng_lr))
     return HybridOptimizer(
         model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
+
+
+def qng_preconditioner(layers: list[QuantumLayer], cfg: OptimConfig) -> QNGPreconditioner:
+    """QNG on the ``weights`` of ``layers`` with the ``qng_*`` settings of ``cfg``."""
+    return QNGPreconditioner(
+        layers, cfg.qng_damping, cfg.qng_approx, curvature_every=cfg.qng_curvature_every,
+        metric_samples=cfg.qng_metric_samples,
+    )  # fmt: skip
 
 
 def kfac_preconditioner(model: nn.Module, cfg: OptimConfig) -> KFACPreconditioner:

@@ -15,7 +15,7 @@ from hybrid.errors import InputError
 from hybrid.kfac import KFAC, KFACPreconditioner
 from hybrid.models import HybridGPT
 from hybrid.optim import HybridOptimizer, build_optimizer
-from hybrid.plots import read_metrics
+from hybrid.tables import read_table
 from hybrid.train import train, train_step
 from tests.conftest import tiny_config
 
@@ -395,7 +395,7 @@ def test_cli_trains_with_kfac(tmp_path, capsys):
             "--set", "train.eval_every=20", "--set", "train.eval_batches=2", "--set", "data.corpus_chars=5000",
             "--set", "train.sample_chars=0", "--set", "optim.kfac_curvature_every=5"]  # fmt: skip
     assert main(argv) == 0
-    rows = read_metrics(out / "metrics.csv")
+    rows = read_table(out / "metrics.csv")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.3
     assert 0 < rows[-1]["kfac_kl_scale"] <= 1 and rows[-1]["kfac_fallbacks"] == 0
     assert main(["train", "--resume", str(out), "--steps", "45", "--quiet", "--set", "optim.fisher=mc"]) == 2

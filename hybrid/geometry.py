@@ -1,0 +1,240 @@
+"""Fubini-Study metric tensors of a ``QuantumLayer``'s weights, in PennyLane's convention.
+
+For the state |psi(x, w)> a layer prepares from input x, the metric with respect to the
+flattened weights w (C order) is the real part of the quantum geometric tensor, a quarter
+of the quantum Fisher information (what ``qml.metric_tensor`` returns), averaged over inputs:
+
+    g_ij = mean_x [ Re<d_i psi|d_j psi> - Re(<d_i psi|psi><psi|d_j psi>) ]       # (P, P)
+
+``approx`` keeps PennyLane's structure: ``"diag"`` the diagonal, ``"block-diag"`` the blocks
+of one parametrized layer each (see ``layer_labels``), ``None`` (or ``"full"``) everything.
+Two methods, one answer:
+
+    "exact":     the state Jacobian on the batched torch simulator (``statevector.final_state``),
+                 every input at once; the default wherever the layer's backend is exact.
+    "pennylane": ``qml.metric_tensor`` on the autograd interface, one input at a time, on any
+                 PennyLane device (shot-based simulators, hardware); inputs are bound as
+                 constants, which avoids the torch interface's failure on data inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import lru_cache
+
+import numpy as np
+import pennylane as qml
+import torch
+
+from circuits import GateProgram, UnsupportedCircuit, compile_circuit
+from hybrid.errors import InputError
+from hybrid.statevector import final_state
+
+APPROXIMATIONS = ("diag", "block-diag", None)
+METHODS = ("exact", "pennylane")
+MAX_CHUNK_AMPLITUDES = 2**24  # states held at once by the exact method (256 MiB of complex128)
+
+
+def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str | None = None, device=None, shots=None):
+    """The Fubini-Study metric of ``layer.weights``, averaged over the rows of ``inputs``.
+
+    Args:
+        layer: a ``QuantumLayer``.
+        inputs: (N, n_inputs) data angles in radians (tensor or array).
+        approx: ``"diag"``, ``"block-diag"`` or ``None`` (full; ``"full"`` is accepted too),
+            with PennyLane's meaning of each.
+        method: ``"exact"`` (statevector) or ``"pennylane"`` (the transform); None picks
+            pennylane when a ``device`` or ``shots`` is given or the circuit does not compile
+            or the layer's backend is not exact, else exact.
+        device: PennyLane device for the pennylane method (default: the layer's backend device,
+            with one auxiliary wire for the full metric).
+        shots: shots per circuit for the pennylane method (None: the device's default).
+
+    Returns:
+        (P, P) float64 tensor on the weights' device, P = ``layer.weights.numel()``, rows and
+        columns in the C-order flattening of the weights.
+
+    Raises:
+        InputError: an unknown ``approx`` or ``method``, inputs of the wrong shape or not finite,
+            the exact method on a circuit that does not compile or with a device or shots, a
+            device with no free wire for the full metric, or PennyLane's full metric of a
+            trainable PhaseShift (wrong in PennyLane 0.45).
+    """
+    approx = check_approx(approx)
+    if method not in (None, *METHODS):
+        raise InputError(f"method must be one of {', '.join(METHODS)} or None, got {method!r}")
+    inputs = torch.as_tensor(inputs).detach().to(device=layer.weights.device, dtype=torch.float64)
+    if inputs.dim() != 2 or inputs.shape[0] < 1 or inputs.shape[1] != layer.n_inputs:
+        raise InputError(
+            f"inputs must have shape (N, {layer.n_inputs}) with N >= 1 for {layer.circuit!r}, "
+            f"got {tuple(inputs.shape)}; pass one row of angles per circuit evaluation"
+        )
+    if not torch.isfinite(inputs).all():
+        raise InputError("inputs contain NaN or Inf; the metric needs finite angles")
+    on_device = device is not None or shots is not None
+    if method is None:
+        method = "exact" if layer.program is not None and layer.backend.exact and not on_device else "pennylane"
+    if method == "exact" and on_device:
+        raise InputError("a device or shots apply to method='pennylane' only; drop them or use that method")
+    weights = layer.weights.detach().to(torch.float64)
+    if method == "exact":
+        if layer.program is None:
+            raise InputError(
+                f"{layer.circuit!r} does not compile into a gate program, so it has no exact metric; "
+                "use method='pennylane'"
+            )
+        return exact_metric(layer.program, inputs, weights, approx)
+    if device is None:
+        device = qml.device(layer.backend.device, wires=layer.circuit.n_qubits + (approx is None))
+    return pennylane_metric(layer.circuit, inputs, weights, approx, device, shots)
+
+
+def check_approx(approx: str | None) -> str | None:
+    """``approx`` in PennyLane's spelling (``"full"`` becomes None).
+
+    Raises:
+        InputError: it is none of ``"diag"``, ``"block-diag"``, ``"full"``, None.
+    """
+    approx = None if approx == "full" else approx
+    if approx not in APPROXIMATIONS:
+        raise InputError(f"approx must be 'diag', 'block-diag' or None (full), got {approx!r}")
+    return approx
+
+
+# --- exact: the state Jacobian on the statevector simulator ------------------------------
+
+
+def exact_metric(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor, approx: str | None) -> torch.Tensor:
+    """The metric from exact states: (N, n_inputs) inputs, ``weight_shape`` weights -> (P, P).
+
+    Each weight-dependent gate R(theta) = exp(-i theta G) has d/dtheta R(theta) = R(theta + pi) / 2
+    for Pauli rotations (G = P/2) and i (R(theta) - R(theta + pi)) / 2 for PhaseShift, so the
+    Jacobian over gate angles is a combination of shifted states; all N * (K + 1) of them run as
+    one batch. The metric over angles maps to the weights through the affine map's Jacobian C:
+    g_w = C^T g_theta C. Computed in complex128.
+    """
+    approx = check_approx(approx)
+    device = weights.device
+    trainable, shifted, is_phase, labels = _shift_program(program)
+    K, N = len(trainable), inputs.shape[0]
+    if K == 0:  # no gate depends on the weights
+        return torch.zeros(program.n_weights, program.n_weights, dtype=torch.float64, device=device)
+    g = torch.zeros(K, K, dtype=torch.float64, device=device)
+    shifts = torch.zeros(K + 1, K, dtype=torch.float64, device=device)
+    shifts[1:] = math.pi * torch.eye(K, dtype=torch.float64, device=device)  # row 0: no shift
+    is_phase = torch.as_tensor(is_phase, device=device)
+    chunk = max(1, MAX_CHUNK_AMPLITUDES // ((K + 1) * 2**program.n_qubits))
+    for rows in inputs.to(device, torch.float64).split(chunk):  # chunks of samples, each one batch
+        n = rows.shape[0]
+        batch = torch.cat([rows[:, None, :].expand(n, K + 1, -1), shifts.expand(n, -1, -1)], dim=-1)
+        states = final_state(shifted, batch.reshape(n * (K + 1), -1), weights.to(torch.float64))
+        states = states.reshape(n, K + 1, -1)  # (n, 1 + K, 2^n_qubits)
+        psi, moved = states[:, 0], states[:, 1:]  # (n, D), (n, K, D)
+        dpsi = torch.where(is_phase[:, None], 0.5j * (psi[:, None] - moved), 0.5 * moved)  # (n, K, D)
+        overlap = torch.einsum("nkd,nd->nk", dpsi.conj(), psi)  # <d_k psi|psi>
+        gram = torch.einsum("nkd,nld->kl", dpsi.conj(), dpsi)  # sum_n <d_k psi|d_l psi>
+        g += (gram - torch.einsum("nk,nl->kl", overlap, overlap.conj())).real
+    g /= N
+    if approx == "diag":
+        g = torch.diag(torch.diagonal(g))
+    elif approx == "block-diag":
+        # PennyLane computes a block as the covariance of the layer's generators on the state
+        # before the layer; the gates of a layer commute, so that is this block of the full metric.
+        same = torch.as_tensor(labels[:, None] == labels[None, :], device=device)
+        g = torch.where(same, g, torch.zeros_like(g))
+    C = torch.as_tensor(program.weight_coeffs[trainable], dtype=torch.float64, device=device)  # (K, P)
+    return C.T @ g @ C
+
+
+@lru_cache(maxsize=64)
+def _shift_program(program: GateProgram):
+    """The program with one extra input per weight-dependent angle (the shift), and facts about
+    those angles: (angle indices (K,), shifted program, is PhaseShift (K,), layer labels (K,))."""
+    trainable = np.flatnonzero(np.any(program.weight_coeffs != 0, axis=1))
+    K = len(trainable)
+    select = np.zeros((program.n_angles, K))
+    select[trainable, np.arange(K)] = 1.0
+    shifted = dataclasses.replace(
+        program,
+        n_inputs=program.n_inputs + K,
+        input_coeffs=np.hstack([program.input_coeffs, select]),
+        observables=(),
+    )
+    name_of = {g.angle: g.name for g in program.gates if g.angle is not None}
+    is_phase = np.array([name_of[a] == "PhaseShift" for a in trainable], dtype=bool)
+    return trainable, shifted, is_phase, layer_labels(program, trainable)
+
+
+def layer_labels(program: GateProgram, trainable: np.ndarray) -> np.ndarray:
+    """PennyLane's parametrized layers: label (K,) of each trainable angle, in gate order.
+
+    As ``CircuitGraph.parametrized_layers`` builds them: walk the trainable gates in order and
+    start a new layer when the gate depends (through a path on the wires) on a gate of the
+    current one. Gates of one layer act on disjoint wires, so their generators commute and
+    their block of the metric is a covariance on the state before the layer.
+    """
+    ancestors: list[int] = []  # bit mask of the gates each gate depends on
+    last_on_wire: dict[int, int] = {}
+    for i, gate in enumerate(program.gates):
+        mask = 0
+        for w in gate.wires:
+            if w in last_on_wire:
+                j = last_on_wire[w]
+                mask |= ancestors[j] | (1 << j)
+            last_on_wire[w] = i
+        ancestors.append(mask)
+    gate_of = {g.angle: i for i, g in enumerate(program.gates) if g.angle is not None}
+    labels, current, label = np.zeros(len(trainable), dtype=int), 0, 0
+    for k, angle in enumerate(trainable):
+        i = gate_of[int(angle)]
+        if ancestors[i] & current:
+            label, current = label + 1, 0
+        current |= 1 << i
+        labels[k] = label
+    return labels
+
+
+# --- pennylane: qml.metric_tensor on the autograd interface --------------------------------
+
+
+def pennylane_metric(circuit, inputs: torch.Tensor, weights: torch.Tensor, approx: str | None, device, shots=None):
+    """The metric through PennyLane's transform on ``device``, one input row at a time -> (P, P).
+
+    The QNode uses the autograd interface with the inputs as constants: ``qml.metric_tensor``
+    then differentiates the weights only (on the torch interface it fails on data inputs).
+    """
+    from pennylane import numpy as pnp
+
+    approx = check_approx(approx)
+    n_wires = circuit.n_qubits + (approx is None)
+    if device.wires is not None and len(device.wires) < n_wires:
+        need = "one auxiliary wire for the full metric" if approx is None else "a wire per qubit"
+        raise InputError(
+            f"device {device.name} has {len(device.wires)} wires but the metric of {circuit!r} needs "
+            f"{n_wires} ({need}); create the device with wires={n_wires}"
+        )
+    if approx is None and _has_trainable_phase_shift(circuit):
+        raise InputError(
+            f"PennyLane's full metric tensor is wrong for {circuit!r}: its Hadamard tests treat the "
+            "projector generator of a trainable PhaseShift as unitary; use method='exact' or approx='block-diag'"
+        )
+    kwargs = {} if shots is None else {"shots": shots}
+    qnode = qml.QNode(circuit, device, interface="autograd", diff_method="parameter-shift", **kwargs)
+    transform = qml.metric_tensor(qnode, approx=approx)
+    w = pnp.array(weights.detach().cpu().numpy(), requires_grad=True)
+    P = w.size
+    total = np.zeros((P, P))
+    for row in inputs.detach().cpu().numpy():
+        total += np.reshape(transform(pnp.array(row, requires_grad=False), w), (P, P))
+    return torch.as_tensor(total / len(inputs), dtype=torch.float64, device=weights.device)
+
+
+def _has_trainable_phase_shift(circuit) -> bool:
+    # Checked against finite differences and qml.adjoint_metric_tensor on PennyLane 0.45.1.
+    try:
+        program = compile_circuit(circuit)
+    except UnsupportedCircuit:
+        return False  # cannot tell; PennyLane decides
+    weighted = np.any(program.weight_coeffs != 0, axis=1)
+    return any(g.name == "PhaseShift" and weighted[g.angle] for g in program.gates)

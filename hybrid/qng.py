@@ -1,0 +1,227 @@
+"""Quantum natural gradient (Stokes et al., Quantum 4, 269, 2020) for circuit weights in torch training.
+
+    theta <- theta - lr * (G + damping * I)^-1 grad          # per QuantumLayer; G: (P, P) metric
+
+``G`` is the Fubini-Study metric of the layer's weights (``hybrid.geometry``, PennyLane's
+convention) averaged over a random subsample of the inputs that reached the layer in the
+latest training forward pass: a transformer sends a per-token layer B*T inputs per step, and
+the metric depends on the input. Several layers give a block-diagonal G, one block each.
+
+``QNGPreconditioner`` rewrites the gradients (the ``Preconditioner`` protocol of
+``hybrid.optim``, so ``HybridOptimizer`` steps them with SGD beside AdamW on the rest); ``QNG``
+is the same update as a standalone ``torch.optim.Optimizer``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from hybrid.errors import InputError
+from hybrid.geometry import check_approx, metric_tensor
+from hybrid.quantum import QuantumLayer
+
+
+def damped_solve(metric: torch.Tensor, grad: torch.Tensor, damping: float) -> torch.Tensor:
+    """x = (metric + damping * I)^-1 grad by a linear solve: (P, P), (P,) -> (P,), in their dtype.
+
+    Cholesky first: the damped metric is symmetric positive definite for damping > 0. When
+    rounding makes it fail (an eigenvalue at or below zero) or the answer overflows, an
+    eigendecomposition solves on the eigenvalues that are safely positive only, the
+    pseudo-inverse answer (PennyLane's ``pinv``). The result is finite for any singular or
+    ill-conditioned metric and any finite ``grad`` below ~1e150 (float64).
+    """
+    A = metric + damping * torch.eye(metric.shape[0], dtype=metric.dtype, device=metric.device)
+    factor, info = torch.linalg.cholesky_ex(A)
+    if info.item() == 0:
+        x = torch.cholesky_solve(grad[:, None], factor)[:, 0]
+        if torch.isfinite(x).all():
+            return x
+    eigenvalues, vectors = torch.linalg.eigh(A)
+    finfo = torch.finfo(A.dtype)
+    # relative cutoff as numpy's pinv; absolute floor sqrt(tiny) so that 1 / eigenvalue stays finite
+    cutoff = max(float(eigenvalues.abs().max()) * A.shape[0] * finfo.eps, finfo.tiny**0.5)
+    keep = eigenvalues > cutoff
+    vectors = vectors[:, keep]
+    return vectors @ ((vectors.T @ grad) / eigenvalues[keep])
+
+
+def condition_number(metric: torch.Tensor) -> float:
+    """Largest over smallest eigenvalue of a symmetric PSD matrix; inf when it is singular to
+    working precision: its smallest eigenvalue is at most ``10 P eps`` times the largest (the
+    rounding error of a computed metric; numpy's rank rule with a margin)."""
+    eigenvalues = torch.linalg.eigvalsh(metric)
+    tolerance = eigenvalues[-1].abs() * 10 * metric.shape[0] * torch.finfo(metric.dtype).eps
+    return float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > tolerance else math.inf
+
+
+class QNGPreconditioner:
+    r"""Replaces each owned layer's ``weights.grad`` by :math:`(G + \lambda I)^{-1} \nabla_\theta L`.
+
+    Every ``curvature_every`` calls, the metric G of each layer is recomputed from
+    ``metric_samples`` rows of its ``last_inputs`` drawn without replacement (all rows when
+    it has fewer) by this preconditioner's own ``torch.Generator``, and cached; in between the
+    cached one is reused. G averages the per-input metrics, so it does not depend on how the
+    loss is normalized; ``lr`` carries the scale. Metrics and solves are float64 whatever the
+    weights' dtype.
+
+    Args:
+        layers: the ``QuantumLayer`` modules whose ``weights`` this preconditioner owns.
+        damping: :math:`\lambda > 0`, added to G's diagonal before the solve (PennyLane's ``lam``).
+        approx: ``"diag"``, ``"block-diag"`` or ``None``/``"full"`` (see ``hybrid.metric_tensor``).
+        curvature_every: calls between metric refreshes (1: every step).
+        metric_samples: inputs per layer the metric is averaged over.
+        seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
+        method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
+
+    Raises:
+        InputError: no layers, a module that is not a ``QuantumLayer``, a layer given twice, or
+            a setting out of range.
+    """
+
+    def __init__(
+        self,
+        layers,
+        damping: float = 1e-3,
+        approx: str | None = "block-diag",
+        curvature_every: int = 1,
+        metric_samples: int = 64,
+        seed: int | None = None,
+        method: str | None = None,
+    ):
+        self.layers = list(layers)
+        if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
+            raise InputError("QNG needs one or more QuantumLayer modules; pass the model's circuits")
+        if len({id(layer) for layer in self.layers}) != len(self.layers):
+            raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
+        if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
+            raise InputError(f"damping must be a finite number > 0 (it keeps the solve well posed), got {damping!r}")
+        for label, value in (("curvature_every", curvature_every), ("metric_samples", metric_samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{label} must be an integer >= 1, got {value!r}")
+        self.approx = check_approx(approx)
+        self.damping = float(damping)
+        self.curvature_every = curvature_every
+        self.metric_samples = metric_samples
+        self.method = method
+        self.params = [layer.weights for layer in self.layers]
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
+        self.calls = 0
+        self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
+
+    def precondition(self, lr: float) -> None:
+        """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused)."""
+        if self.calls % self.curvature_every == 0:
+            self.metrics = self.update_metrics()
+        self.calls += 1
+        for layer, metric in zip(self.layers, self.metrics, strict=True):
+            grad = layer.weights.grad
+            if grad is None:
+                continue
+            step = damped_solve(metric, grad.reshape(-1).to(metric.dtype), self.damping)
+            grad.copy_(step.view_as(grad))
+
+    def update_metrics(self) -> list[torch.Tensor]:
+        """The metric of every layer on a fresh subsample of its latest inputs: [(P, P), ...].
+
+        The one place curvature statistics are computed; under data parallelism an all-reduce
+        (mean over ranks) of these tensors goes right here.
+        """
+        metrics = []
+        for layer in self.layers:
+            inputs = layer.last_inputs
+            if inputs is None:
+                raise RuntimeError(
+                    f"QNG has no inputs for {layer.circuit!r}: run a forward pass in training mode with "
+                    "gradients enabled (model.train()) before optimizer.step()"
+                )
+            if not (torch.isfinite(inputs).all() and torch.isfinite(layer.weights).all()):
+                raise FloatingPointError(
+                    f"the inputs or weights of {layer.circuit!r} are NaN or Inf, so its metric is undefined; "
+                    "training diverged: lower the learning rates"
+                )
+            rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
+            sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
+            metrics.append(metric_tensor(layer, sample, self.approx, method=self.method))
+        return metrics
+
+    def stats(self) -> dict[str, float]:
+        """``metric_cond``: the largest condition number of the cached metrics (undamped)."""
+        if not self.metrics:
+            return {"metric_cond": math.nan}
+        return {"metric_cond": max(condition_number(metric) for metric in self.metrics)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "metrics": [m.clone() for m in self.metrics],
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        metrics = list(state["metrics"])
+        sizes = [layer.weights.numel() for layer in self.layers]
+        if metrics and [tuple(m.shape) for m in metrics] != [(p, p) for p in sizes]:
+            raise ValueError(
+                f"QNG state has metrics of shapes {[tuple(m.shape) for m in metrics]}, "
+                f"this optimizer's layers have {sizes} weights"
+            )
+        self.calls = int(state["calls"])
+        devices = [layer.weights.device for layer in self.layers][: len(metrics)]
+        self.metrics = [m.to(device, torch.float64) for m, device in zip(metrics, devices, strict=True)]
+        self.generator.set_state(state["generator"])
+
+
+class QNG(torch.optim.Optimizer):
+    r"""Quantum natural gradient descent on the weights of ``QuantumLayer`` modules.
+
+    .. math:: \theta \leftarrow \theta - \mathrm{lr}\,(G + \lambda I)^{-1} \nabla_\theta L
+
+    With one layer, a circuit without data inputs and ``curvature_every=1``, this is PennyLane's
+    ``QNGOptimizer(stepsize=lr, lam=damping, approx=approx)``. Call it after ``loss.backward()``
+    on a training-mode forward pass: the layers keep the inputs the metric is averaged over.
+    Arguments after ``lr`` are those of ``QNGPreconditioner``.
+    """
+
+    def __init__(
+        self,
+        layers,
+        lr: float,
+        damping: float = 1e-3,
+        approx: str | None = "block-diag",
+        curvature_every: int = 1,
+        metric_samples: int = 64,
+        seed: int | None = None,
+        method: str | None = None,
+    ):
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise InputError(f"lr must be a number > 0, got {lr!r}")
+        self.preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
+        super().__init__(self.preconditioner.params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Precondition the gradients, then theta <- theta - lr * grad. Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.preconditioner.precondition(lr=self.param_groups[0]["lr"])
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+    def stats(self) -> dict[str, float]:
+        return self.preconditioner.stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "qng": self.preconditioner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.preconditioner.load_state_dict(state.pop("qng"))
+        super().load_state_dict(state)
