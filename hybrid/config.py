@@ -68,18 +68,20 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     # K-FAC (hybrid.kfac); damping is in units of the Fisher of one loss term (one token)
     kfac_lr: float = 0.1  # peak SGD learning rate of the K-FAC layers (the schedule scales it like lr)
-    kfac_damping: float = 0.1  # lambda in (G (x) A + lambda I)^-1; must be > 0 (1e-2 and below diverge here)
+    momentum: float = 0.0  # SGD momentum of the preconditioned (K-FAC and QNG) groups
+    kfac_damping: float = 1e-2  # lambda in (G (x) A + lambda I)^-1; must be > 0 (1e-3 stalls here at the unigram loss)
     kfac_curvature_every: int = 10  # steps between factor updates (hooks are idle in between)
-    kfac_inverse_every: int = 50  # steps between decompositions of the factors
+    kfac_inverse_every: int = 10  # steps between decompositions of the factors (50 leaves stale inverses early on)
     curvature_ema: float = 0.95  # weight of the old factors in their running average
     kfac_approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
     fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
-    kl_clip: float = 1e-3  # bound on s^T (F + damping) s (about 2 KL) of each K-FAC step s; 0 disables
+    kl_clip: float = 1e-2  # bound on s^T (F + damping) s (about 2 KL) of each K-FAC step s; 0 disables
     kfac_inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
     kfac_exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
     kfac_max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
+    kfac_to_angles: bool = False  # K-FAC on the to_angles layer before a circuit's pi*tanh; off: AdamW trains it
     # QNG (hybrid.qng)
-    qng_lr: float = 0.03  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
+    qng_lr: float = 0.1  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
     qng_damping: float = 1e-3  # qng: added to the metric's diagonal before the solve (PennyLane's lam)
     qng_approx: str = "block-diag"  # qng: metric approximation: diag, block-diag or full
     qng_curvature_every: int = 1  # qng: steps between metric refreshes; the metric is reused in between
@@ -254,5 +256,7 @@ def _validate_kfac(o: OptimConfig) -> None:
         raise InputError(f"optim.kfac_damping and optim.kfac_lr must be > 0, got {o.kfac_damping}, {o.kfac_lr}")
     if not 0 <= o.curvature_ema < 1:
         raise InputError(f"optim.curvature_ema must lie in [0, 1), got {o.curvature_ema}")
+    if not 0 <= o.momentum < 1:
+        raise InputError(f"optim.momentum must lie in [0, 1), got {o.momentum}")
     if o.kl_clip < 0:
         raise InputError(f"optim.kl_clip must be >= 0 (0 disables the clip), got {o.kl_clip}")

@@ -19,11 +19,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
-from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.kfac import KFAC as KFAC
 from hybrid.kfac import KFACPreconditioner
+from hybrid.models import QuantumProjection
 from hybrid.qng import QNG as QNG
 from hybrid.qng import QNGPreconditioner
 from hybrid.quantum import QuantumLayer
@@ -208,8 +209,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     if cfg.name in ("qng", "hybrid") and layers:
         preconditioners.append(("qng", qng_preconditioner(layers, cfg), cfg.qng_lr))
     return HybridOptimizer(
-        model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
-    )
+        model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+        momentum=cfg.momentum,
+    )  # fmt: skip
 
 
 def qng_preconditioner(layers: list[QuantumLayer], cfg: OptimConfig) -> QNGPreconditioner:
@@ -221,12 +223,18 @@ def qng_preconditioner(layers: list[QuantumLayer], cfg: OptimConfig) -> QNGPreco
 
 
 def kfac_preconditioner(model: nn.Module, cfg: OptimConfig) -> KFACPreconditioner:
-    """K-FAC on ``model``'s ``nn.Linear`` layers with the ``kfac_*`` settings of ``cfg``."""
+    """K-FAC on ``model``'s ``nn.Linear`` layers with the ``kfac_*`` settings of ``cfg``.
+
+    Unless ``cfg.kfac_to_angles``, the ``to_angles`` layer of every ``QuantumProjection`` is
+    left to AdamW: natural-gradient steps there drive ``pi * tanh`` into saturation, where its
+    gradient vanishes, the Fisher shrinks and the next steps grow (in tuning runs of the
+    default model, training stalled at the unigram loss)."""
+    angles = [f"{name}.to_angles" for name, m in model.named_modules() if isinstance(m, QuantumProjection)]
     return KFACPreconditioner(
         model, damping=cfg.kfac_damping, curvature_every=cfg.kfac_curvature_every,
         inverse_every=cfg.kfac_inverse_every, curvature_ema=cfg.curvature_ema, kfac_approx=cfg.kfac_approx,
         fisher=cfg.fisher, kl_clip=cfg.kl_clip, inverse=cfg.kfac_inverse,
-        exclude=cfg.kfac_exclude.split(","), max_dim=cfg.kfac_max_dim,
+        exclude=[*cfg.kfac_exclude.split(","), *([] if cfg.kfac_to_angles else angles)], max_dim=cfg.kfac_max_dim,
     )  # fmt: skip
 
 
