@@ -29,6 +29,7 @@ from torch import nn
 
 from hybrid.errors import InputError
 from hybrid.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+from hybrid.preconditioned import PreconditionedSGD
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")
@@ -389,7 +390,7 @@ class KFACPreconditioner:
         self._batch_decompositions()
 
 
-class KFAC(torch.optim.SGD):
+class KFAC(PreconditionedSGD):
     r"""K-FAC alone: precondition the gradients of the ``nn.Linear`` layers, then a stock SGD step.
 
     .. math:: \theta \leftarrow \theta - \mathrm{lr}\,\nu\,(G \otimes A + \lambda I)^{-1} \nabla_\theta L
@@ -405,29 +406,7 @@ class KFAC(torch.optim.SGD):
 
     def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0, **kwargs):
         self.kfac = KFACPreconditioner(model, **kwargs)
-        self.preconditioners = {"kfac": self.kfac}  # as in HybridOptimizer, for sampled_fisher_backward
-        super().__init__(self.kfac.params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.kfac.precondition(lr=self.param_groups[0]["lr"])
-        super().step()
-        return loss
-
-    def stats(self) -> dict[str, float]:
-        return self.kfac.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "kfac": self.kfac.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self.kfac.load_state_dict(state_dict.pop("kfac"))
-        super().load_state_dict(state_dict)
+        super().__init__(self.kfac, "kfac", lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def sampled_fisher_backward(optimizer: torch.optim.Optimizer, logits: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from hybrid.errors import InputError
 from hybrid.geometry import check_approx, default_method, metric_tensor
+from hybrid.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
 
 
@@ -212,7 +213,7 @@ class QNGPreconditioner:
             self.queue_estimates()  # as the saved run did after its last step: its next job is the same
 
 
-class QNG(torch.optim.Optimizer):
+class QNG(PreconditionedSGD):
     r"""Quantum natural gradient descent on the weights of ``QuantumLayer`` modules.
 
     .. math:: \theta \leftarrow \theta - \mathrm{lr}\,(G + \lambda I)^{-1} \nabla_\theta L
@@ -236,30 +237,5 @@ class QNG(torch.optim.Optimizer):
     ):
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise InputError(f"lr must be a number > 0, got {lr!r}")
-        self.preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
-        super().__init__(self.preconditioner.params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Precondition the gradients, then theta <- theta - lr * grad. Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.preconditioner.precondition(lr=self.param_groups[0]["lr"])
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
-        return loss
-
-    def stats(self) -> dict[str, float]:
-        return self.preconditioner.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "qng": self.preconditioner.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        self.preconditioner.load_state_dict(state.pop("qng"))
-        super().load_state_dict(state)
+        preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
+        super().__init__(preconditioner, "qng", lr=lr)
