@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
-from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.kfac import KFAC as KFAC
 from hybrid.kfac import KFACPreconditioner
 from hybrid.qng import QNG as QNG
