@@ -109,8 +109,9 @@ def curvature_spectra(
 
     Quantum: for each ``QuantumLayer``, the full metric ``hybrid.metric_tensor(layer, inputs,
     approx=None)`` averaged over ``metric_samples`` of the inputs (all when fewer) that a
-    training-mode forward pass of ``batch`` sends to it. Classical: for each ``nn.Linear`` K-FAC
-    preconditions, ``kronecker_spectrum(A, G)`` of the factors of ``kfac`` (a
+    training-mode forward pass of ``batch`` sends to it, computed exactly on the statevector
+    simulator (the ideal state, also for layers on Qiskit backends) when the circuit compiles.
+    Classical: for each ``nn.Linear`` K-FAC preconditions, ``kronecker_spectrum(A, G)`` of the factors of ``kfac`` (a
     ``KFACPreconditioner``, or an optimizer holding one, e.g. ``HybridOptimizer``) when it has
     any; else of factors computed on this batch by a fresh ``KFACPreconditioner`` (empirical
     Fisher, no running average).
@@ -159,7 +160,9 @@ def curvature_spectra(
             rows = inputs[name]  # (N, n_inputs)
             if rows.shape[0] > metric_samples:
                 rows = rows[torch.randperm(rows.shape[0], generator=generator)[:metric_samples].to(rows.device)]
-            spectra.append(Spectrum(name, "quantum", metric_spectrum(metric_tensor(module, rows, approx=None)).cpu()))
+            method = "exact" if module.program is not None else None  # the ideal state's metric, on any backend
+            metric = metric_tensor(module, rows, approx=None, method=method)  # (P, P)
+            spectra.append(Spectrum(name, "quantum", metric_spectrum(metric).cpu()))
     return spectra
 
 
@@ -206,8 +209,9 @@ def _untouched(model: nn.Module, kfacs: list[KFACPreconditioner]) -> Iterator[No
     grads = [p.grad for p in params]
     layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
     last_inputs = [layer.last_inputs for layer in layers]
-    # K-FAC's hooks append to these lists on curvature steps; the next real step must not see ours.
-    captured = [(lists, {k: list(v) for k, v in lists.items()}) for pc in kfacs for lists in (pc._inputs, pc._grads)]
+    # K-FAC's hooks add to these on curvature steps (name -> inputs, name -> {forward: grad});
+    # the next real step must see what they held before, not our pass.
+    captured = [(held, {k: copy.copy(v) for k, v in held.items()}) for pc in kfacs for held in (pc._inputs, pc._grads)]
     training = model.training
     cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):
@@ -220,9 +224,8 @@ def _untouched(model: nn.Module, kfacs: list[KFACPreconditioner]) -> Iterator[No
                 p.grad = grad
             for layer, last in zip(layers, last_inputs, strict=True):
                 layer.last_inputs = last
-            for lists, saved in captured:
-                for k, v in saved.items():
-                    lists[k][:] = v
+            for held, saved in captured:
+                held.update(saved)
             model.train(training)
 
 

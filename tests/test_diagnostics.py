@@ -229,8 +229,8 @@ def test_diagnostics_leave_the_training_trajectory_unchanged(name):
             train_step(model, optimizer, batch(10 + step), grad_clip=0)
         torch.manual_seed(100 + step)  # the diagnostics of the watched run must not move the RNG
         before = snapshot(watched, watched_optimizer)
-        curvature_spectra(watched, batch(20 + step), watched_optimizer)
         loss_slices(watched, batch(20 + step), watched_optimizer, [-0.1, 0.1])
+        curvature_spectra(watched, batch(20 + step), watched_optimizer)  # last: nothing else clears K-FAC's hooks
         after = snapshot(watched, watched_optimizer)
         for a, b in zip(before[0], after[0], strict=True):
             assert_same(a, b)
