@@ -94,7 +94,7 @@ def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure
     names = list(dict.fromkeys(k.rpartition("/")[0] for k in rows[0] if k.endswith("/condition")))
     saved = load_spectra(run_dir)
     kinds = {s.name: s.kind for s in saved[max(saved)]} if saved else {}
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(13, 4.2))
     cond_ax, dim_ax = fig.subplots(1, 2)
     classical = iter(mpl.colormaps["Blues"](np.linspace(0.35, 0.9, max(1, len(names)))))
     quantum = iter(mpl.colormaps["autumn"](np.linspace(0.0, 0.6, max(1, len(names)))))
@@ -112,7 +112,7 @@ def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure
     dim_ax.set(xlabel="step", ylabel="effective dimension / block size", title="directions resolved above damping")
     for ax in (cond_ax, dim_ax):
         ax.grid(alpha=0.3, lw=0.5)
-    dim_ax.legend(fontsize=7, ncol=2 if len(names) > 8 else 1)
+    dim_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: lines fill the axes
     fig.tight_layout()
     return _saved(fig, path)
 
