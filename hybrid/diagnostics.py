@@ -140,7 +140,8 @@ def curvature_spectra(
         # Cholesky: the fresh preconditioner decomposes its factors once; that is cheaper than eigh.
         counter = KFACPreconditioner(model, curvature_every=1, curvature_ema=0.0, inverse="cholesky") if fresh else None
         try:
-            loss = _loss(model, batch, loss_fn)
+            if counter is not None or layers:  # the forward pass fresh factors and circuit inputs come from
+                loss = _loss(model, batch, loss_fn)
             if counter is not None:
                 torch.autograd.grad(loss, counter.params, allow_unused=True)  # hooks see dL/d(output); .grad untouched
                 counter.precondition(lr=0.0)  # the first update takes this batch's factors as they are
