@@ -111,10 +111,10 @@ def curvature_spectra(
     approx=None)`` averaged over ``metric_samples`` of the inputs (all when fewer) that a
     training-mode forward pass of ``batch`` sends to it, computed exactly on the statevector
     simulator (the ideal state, also for layers on Qiskit backends) when the circuit compiles.
-    Classical: for each ``nn.Linear`` K-FAC preconditions, ``kronecker_spectrum(A, G)`` of the factors of ``kfac`` (a
-    ``KFACPreconditioner``, or an optimizer holding one, e.g. ``HybridOptimizer``) when it has
-    any; else of factors computed on this batch by a fresh ``KFACPreconditioner`` (empirical
-    Fisher, no running average).
+    Classical: for each ``nn.Linear`` K-FAC preconditions, ``kronecker_spectrum(A, G)`` of the
+    factors of ``kfac`` (a ``KFACPreconditioner``, or an optimizer holding one, e.g.
+    ``HybridOptimizer``: its running averages) when it has any; else of factors computed on this
+    batch by a fresh ``KFACPreconditioner`` (empirical Fisher, no running average).
 
     Args:
         model: e.g. ``HybridGPT``; nothing of it is changed.
