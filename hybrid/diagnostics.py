@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,12 +210,11 @@ def _untouched(model: nn.Module, kfacs: list[KFACPreconditioner]) -> Iterator[No
     grads = [p.grad for p in params]
     layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
     last_inputs = [layer.last_inputs for layer in layers]
-    # K-FAC's hooks add to these on curvature steps (name -> inputs, name -> {forward: grad});
-    # the next real step must see what they held before, not our pass.
-    captured = [(held, {k: copy.copy(v) for k, v in held.items()}) for pc in kfacs for held in (pc._inputs, pc._grads)]
     training = model.training
     cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), ExitStack() as kept:
+        for pc in kfacs:  # the next real step must see what K-FAC's hooks held before our pass
+            kept.enter_context(pc.captures_kept())
         try:
             for p in params:
                 p.grad = None
@@ -225,8 +224,6 @@ def _untouched(model: nn.Module, kfacs: list[KFACPreconditioner]) -> Iterator[No
                 p.grad = grad
             for layer, last in zip(layers, last_inputs, strict=True):
                 layer.last_inputs = last
-            for held, saved in captured:
-                held.update(saved)
             model.train(training)
 
 

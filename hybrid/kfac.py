@@ -17,9 +17,11 @@ refreshed; all math happens in ``precondition``.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -195,6 +197,17 @@ class KFACPreconditioner:
         if self._sampling == (self.fisher == "mc"):  # mc: only the sampled backward; empirical: only the real one
             grads = self._grads[name]
             grads[index] = grads[index] + grad.detach() if index in grads else grad.detach()
+
+    @contextmanager
+    def captures_kept(self) -> Iterator[None]:
+        """On exit, the hooks hold again what they held on entry: forward and backward passes
+        made inside (a diagnostic, a loss probe) do not reach the next factor update."""
+        saved = [(held, {name: copy.copy(v) for name, v in held.items()}) for held in (self._inputs, self._grads)]
+        try:
+            yield
+        finally:
+            for held, before in saved:
+                held.update(before)
 
     def remove(self) -> None:
         """Remove the hooks; the preconditioner no longer sees the model."""
