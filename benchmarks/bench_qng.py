@@ -122,7 +122,7 @@ def main() -> None:
     load = os.getloadavg()[0]  # other processes on the machine, before this one adds to it
 
     base = Config()
-    rows = [("AdamW on every parameter", base, None)]
+    rows = [("AdamW on every parameter", apply_overrides(base, {"optim.name": "adamw"}), None)]
     for approx in ("block-diag", "full"):
         overrides = {"optim.name": "qng", "optim.qng_approx": approx, "optim.qng_curvature_every": 1}
         rows.append((f"QNG {approx}, metric every step", apply_overrides(base, overrides), approx))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -60,7 +61,13 @@ def main(argv=None) -> None:
     rows = [f"| {n} | {b} | {seconds[n, b]:.4f} |" for b in args.batch for n in args.qubits]
     table = "\n".join(["| qubits | batch | seconds |", "|---|---|---|", *rows])
     command = f"python {' '.join(sys.argv)}"
-    text = f"# Scaling of forward+backward time\n\n- command: `{command}`\n\n![]({args.out.name})\n\n{table}\n"
+    machine = (
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({args.threads} threads), "
+        f"{args.dtype}, load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    text = (
+        f"# Scaling of forward+backward time\n\n- command: `{command}`\n{machine}\n\n![]({args.out.name})\n\n{table}\n"
+    )
     args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(table)
 

@@ -97,6 +97,7 @@ class TrainConfig:
     seed: int = 0  # seeds initialization, batch order and sampling
     device: str = "cpu"  # cpu or cuda
     sample_chars: int = 300  # characters generated into sample.txt at the end
+    diagnostics_every: int = 0  # steps between curvature spectra (hybrid.diagnostics.track, diagnostics.csv); 0: off
 
 
 @dataclass
@@ -204,7 +205,8 @@ def validate(cfg: Config) -> Config:
             raise InputError(f"{key} must be at least 1, got {value}")
     for key, value in {"circuit.shots": c.shots, "train.sample_chars": t.sample_chars,
                        "optim.warmup_steps": o.warmup_steps, "optim.grad_clip": o.grad_clip,
-                       "optim.weight_decay": o.weight_decay}.items():  # fmt: skip
+                       "optim.weight_decay": o.weight_decay,
+                       "train.diagnostics_every": t.diagnostics_every}.items():  # fmt: skip
         if value < 0:
             raise InputError(f"{key} must be >= 0, got {value}")
     if m.n_embd % m.n_head:

@@ -15,6 +15,9 @@ Two methods, one answer:
     "pennylane": ``qml.metric_tensor`` on the autograd interface, one input at a time, on any
                  PennyLane device (shot-based simulators, hardware); inputs are bound as
                  constants, which avoids the torch interface's failure on data inputs.
+    "estimator": the layer's own Qiskit backend (``qiskit.aer``, ``fake_*``, ``ibm_*``): the
+                 block-diagonal metric from generator covariances, every input and layer of
+                 the metric in one EstimatorV2 job (``hybrid.ibm.metric``); the default there.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from hybrid.errors import InputError
 from hybrid.statevector import final_state
 
 APPROXIMATIONS = ("diag", "block-diag", None)
-METHODS = ("exact", "pennylane")
+METHODS = ("exact", "pennylane", "estimator")
 MAX_CHUNK_AMPLITUDES = 2**24  # states held at once by the exact method (256 MiB of complex128)
 
 
@@ -44,9 +47,11 @@ def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str 
         inputs: (N, n_inputs) data angles in radians (tensor or array).
         approx: ``"diag"``, ``"block-diag"`` or ``None`` (full; ``"full"`` is accepted too),
             with PennyLane's meaning of each.
-        method: ``"exact"`` (statevector) or ``"pennylane"`` (the transform); None picks
-            pennylane when a ``device`` or ``shots`` is given or the circuit does not compile
-            or the layer's backend is not exact, else exact.
+        method: ``"exact"`` (statevector), ``"pennylane"`` (the transform) or ``"estimator"``
+            (the layer's Qiskit backend, with its shots and noise; ``diag`` and ``block-diag``
+            only). None picks pennylane when a ``device`` or ``shots`` is given, estimator on
+            a Qiskit backend, exact where the circuit compiles and the backend is exact, else
+            pennylane.
         device: PennyLane device for the pennylane method (default: the layer's backend device,
             with one auxiliary wire for the full metric).
         shots: shots per circuit for the pennylane method (None: the device's default).
@@ -74,8 +79,8 @@ def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str 
         raise InputError("inputs contain NaN or Inf; the metric needs finite angles")
     on_device = device is not None or shots is not None
     if method is None:
-        method = "exact" if layer.program is not None and layer.backend.exact and not on_device else "pennylane"
-    if method == "exact" and on_device:
+        method = default_method(layer) if not on_device else "pennylane"
+    if method != "pennylane" and on_device:
         raise InputError("a device or shots apply to method='pennylane' only; drop them or use that method")
     weights = layer.weights.detach().to(torch.float64)
     if method == "exact":
@@ -85,9 +90,38 @@ def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str 
                 "use method='pennylane'"
             )
         return exact_metric(layer.program, inputs, weights, approx)
+    if method == "estimator":
+        return estimator_metric(layer, inputs, approx)
     if device is None:
         device = qml.device(layer.backend.device, wires=layer.circuit.n_qubits + (approx is None))
     return pennylane_metric(layer.circuit, inputs, weights, approx, device, shots)
+
+
+def default_method(layer) -> str:
+    """The method ``metric_tensor`` uses for ``layer`` when none is given."""
+    if layer.backend.engine == "qiskit":
+        return "estimator"
+    return "exact" if layer.program is not None and layer.backend.exact else "pennylane"
+
+
+def estimator_metric(layer, inputs: torch.Tensor, approx: str | None) -> torch.Tensor:
+    """The (block-)diagonal metric estimated in one job on the layer's Qiskit backend: (P, P) float64."""
+    if layer.backend.engine != "qiskit":
+        raise InputError(
+            f"method='estimator' runs on a Qiskit backend (qiskit.aer, fake_*, ibm_*), not {layer.backend.name}; "
+            "use method='exact' or 'pennylane'"
+        )
+    if approx is None:
+        raise InputError(
+            "the estimator method gives the block-diagonal metric only; use approx='block-diag' or 'diag', "
+            "or method='pennylane' with a device that has an auxiliary wire"
+        )
+    from hybrid.ibm.metric import MetricEstimate  # Qiskit runtime imports only where they are used
+
+    angles = layer.program.angles(inputs.cpu().numpy(), layer.weights.detach().double().cpu().numpy())
+    metric = torch.from_numpy(MetricEstimate(layer.program).estimate(layer.executor, angles))
+    metric = metric.diag().diag() if approx == "diag" else metric
+    return metric.to(layer.weights.device)
 
 
 def check_approx(approx: str | None) -> str | None:

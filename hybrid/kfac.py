@@ -17,9 +17,11 @@ refreshed; all math happens in ``precondition``.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from hybrid.errors import InputError
 from hybrid.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+from hybrid.preconditioned import PreconditionedSGD
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")
@@ -169,7 +172,7 @@ class KFACPreconditioner:
         self._kl_scale = torch.ones(())
         self._sampling = False
         self._inputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-        self._grads: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        self._grads: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.layers}  # forward index -> grad
         self._handles = [
             layer.register_forward_hook(partial(self._save_input, name), with_kwargs=True)
             for name, layer in self.layers.items()
@@ -185,12 +188,26 @@ class KFACPreconditioner:
             return  # off curvature steps, evaluation and generation: one check and out
         self._inputs[name].append((args[0] if args else kwargs["input"]).detach())
         # A tensor hook on the output, not a module backward hook: it still sees the right
-        # gradient when an in-place activation modifies the output afterwards.
-        output.register_hook(partial(self._save_grad, name))
+        # gradient when an in-place activation modifies the output afterwards, and it pairs the
+        # gradient with its own forward: a forward that is never backpropagated (a loss printed
+        # with grad enabled) has no gradient and is left out of the factors.
+        output.register_hook(partial(self._save_grad, name, len(self._inputs[name]) - 1))
 
-    def _save_grad(self, name: str, grad: torch.Tensor) -> None:
+    def _save_grad(self, name: str, index: int, grad: torch.Tensor) -> None:
         if self._sampling == (self.fisher == "mc"):  # mc: only the sampled backward; empirical: only the real one
-            self._grads[name].append(grad.detach())
+            grads = self._grads[name]
+            grads[index] = grads[index] + grad.detach() if index in grads else grad.detach()
+
+    @contextmanager
+    def captures_kept(self) -> Iterator[None]:
+        """On exit, the hooks hold again what they held on entry: forward and backward passes
+        made inside (a diagnostic, a loss probe) do not reach the next factor update."""
+        saved = [(held, {name: copy.copy(v) for name, v in held.items()}) for held in (self._inputs, self._grads)]
+        try:
+            yield
+        finally:
+            for held, before in saved:
+                held.update(before)
 
     def remove(self) -> None:
         """Remove the hooks; the preconditioner no longer sees the model."""
@@ -248,10 +265,13 @@ class KFACPreconditioner:
                 )
             if not g and layer.weight.grad is None:
                 continue  # the layer did not take part in this step's loss
-            if len(x) != len(g):
-                hint = " with fisher='mc', call sampled_backward(logits) before loss.backward()" * (self.fisher == "mc")
-                raise RuntimeError(f"K-FAC saw {len(x)} forward and {len(g)} backward passes of {name!r}{hint}")
-            factors[name] = batch_factors(x, g, self.kfac_approx, layer.bias is not None)
+            if not g:
+                hint = "; with fisher='mc', call sampled_backward(logits) before loss.backward()"
+                hint *= self.fisher == "mc"
+                raise RuntimeError(f"K-FAC saw {len(x)} forward passes of {name!r} but no backward through them{hint}")
+            paired = sorted(g)  # forwards that were backpropagated
+            factors[name] = batch_factors([x[i] for i in paired], [g[i] for i in paired], self.kfac_approx,
+                                          layer.bias is not None)  # fmt: skip
         return factors
 
     def _update_factors(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -383,7 +403,7 @@ class KFACPreconditioner:
         self._batch_decompositions()
 
 
-class KFAC(torch.optim.SGD):
+class KFAC(PreconditionedSGD):
     r"""K-FAC alone: precondition the gradients of the ``nn.Linear`` layers, then a stock SGD step.
 
     .. math:: \theta \leftarrow \theta - \mathrm{lr}\,\nu\,(G \otimes A + \lambda I)^{-1} \nabla_\theta L
@@ -399,29 +419,7 @@ class KFAC(torch.optim.SGD):
 
     def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0, **kwargs):
         self.kfac = KFACPreconditioner(model, **kwargs)
-        self.preconditioners = {"kfac": self.kfac}  # as in HybridOptimizer, for sampled_fisher_backward
-        super().__init__(self.kfac.params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.kfac.precondition(lr=self.param_groups[0]["lr"])
-        super().step()
-        return loss
-
-    def stats(self) -> dict[str, float]:
-        return self.kfac.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "kfac": self.kfac.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self.kfac.load_state_dict(state_dict.pop("kfac"))
-        super().load_state_dict(state_dict)
+        super().__init__(self.kfac, "kfac", lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def sampled_fisher_backward(optimizer: torch.optim.Optimizer, logits: torch.Tensor) -> None:

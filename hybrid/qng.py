@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from hybrid.errors import InputError
-from hybrid.geometry import check_approx, metric_tensor
+from hybrid.geometry import check_approx, default_method, metric_tensor
+from hybrid.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
 
 
@@ -110,9 +111,21 @@ class QNGPreconditioner:
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
         self.calls = 0
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
+        self.riding: dict[int, Any] = {}  # layer index -> MetricEstimate queued on its next training job
+        on_qiskit = [layer for layer in self.layers if (method or default_method(layer)) == "estimator"]
+        if on_qiskit and self.approx is None:
+            raise InputError(
+                f"QNG's full metric cannot be estimated on {on_qiskit[0].backend.name}: "
+                "use approx='block-diag' (or 'diag') there"
+            )
 
     def precondition(self, lr: float) -> None:
-        """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused)."""
+        """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused).
+
+        On a Qiskit backend the metric circuits of the next refresh ride in the training job
+        before it (``ShotExecutor.extras``), so a QNG step sends one job, not two; a refresh
+        that finds no such estimate (the first one, or after a resume) sends its own job.
+        """
         if self.calls % self.curvature_every == 0:
             self.metrics = self.update_metrics()
         self.calls += 1
@@ -122,6 +135,19 @@ class QNGPreconditioner:
                 continue
             step = damped_solve(metric, grad.reshape(-1).to(metric.dtype), self.damping)
             grad.copy_(step.view_as(grad))
+        if self.calls % self.curvature_every == 0:
+            self.queue_estimates()
+
+    def queue_estimates(self) -> None:
+        """Queue the block-diagonal metric circuits of every layer on a Qiskit backend on its
+        next training job, at ``metric_samples`` of that job's inputs."""
+        for i, layer in enumerate(self.layers):
+            if (self.method or default_method(layer)) == "estimator":
+                from hybrid.ibm.metric import MetricEstimate  # Qiskit runtime imports only where used
+
+                estimate = MetricEstimate(layer.program, self.metric_samples, self.generator)
+                layer.executor.extras.append(estimate)
+                self.riding[i] = estimate
 
     def update_metrics(self) -> list[torch.Tensor]:
         """The metric of every layer on a fresh subsample of its latest inputs: [(P, P), ...].
@@ -142,6 +168,13 @@ class QNGPreconditioner:
                     f"the inputs or weights of {layer.circuit!r} are NaN or Inf, so its metric is undefined; "
                     "training diverged: lower the learning rates"
                 )
+            estimate = self.riding.pop(len(metrics), None)
+            if estimate is not None and estimate.metric is not None:  # it rode in this step's job
+                metric = torch.from_numpy(estimate.metric).to(layer.weights.device)
+                metrics.append(metric.diag().diag() if self.approx == "diag" else metric)
+                continue
+            if estimate is not None and estimate in layer.executor.extras:
+                layer.executor.extras.remove(estimate)  # never sent: this refresh sends its own job
             rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
             sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
             metrics.append(metric_tensor(layer, sample, self.approx, method=self.method))
@@ -172,9 +205,15 @@ class QNGPreconditioner:
         devices = [layer.weights.device for layer in self.layers][: len(metrics)]
         self.metrics = [m.to(device, torch.float64) for m, device in zip(metrics, devices, strict=True)]
         self.generator.set_state(state["generator"])
+        for i, estimate in self.riding.items():  # queued by the state this one replaces
+            if estimate in self.layers[i].executor.extras:
+                self.layers[i].executor.extras.remove(estimate)
+        self.riding = {}
+        if self.calls and self.calls % self.curvature_every == 0:
+            self.queue_estimates()  # as the saved run did after its last step: its next job is the same
 
 
-class QNG(torch.optim.Optimizer):
+class QNG(PreconditionedSGD):
     r"""Quantum natural gradient descent on the weights of ``QuantumLayer`` modules.
 
     .. math:: \theta \leftarrow \theta - \mathrm{lr}\,(G + \lambda I)^{-1} \nabla_\theta L
@@ -198,30 +237,5 @@ class QNG(torch.optim.Optimizer):
     ):
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise InputError(f"lr must be a number > 0, got {lr!r}")
-        self.preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
-        super().__init__(self.preconditioner.params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Precondition the gradients, then theta <- theta - lr * grad. Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.preconditioner.precondition(lr=self.param_groups[0]["lr"])
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
-        return loss
-
-    def stats(self) -> dict[str, float]:
-        return self.preconditioner.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "qng": self.preconditioner.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        self.preconditioner.load_state_dict(state.pop("qng"))
-        super().load_state_dict(state)
+        preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
+        super().__init__(preconditioner, "qng", lr=lr)

@@ -6,6 +6,7 @@
       checkpoint.pt     model, optimizer, schedule, RNG states (written atomically)
       loss_curve.png    train and validation loss against step
       sample.txt        text generated at the end
+      diagnostics.csv   with train.diagnostics_every: curvature statistics per tracked step (spectra/ beside it)
 
 The loop's order is the data flow: batch -> model -> loss -> gradients -> clip -> update.
 ``train(cfg, out, resume=True)`` continues a killed run from its last checkpoint and ends with
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from hybrid.checkpoint import folder_lock, load_checkpoint, save_checkpoint
 from hybrid.config import Config, config_from_dict, load_config, save_config, validate
 from hybrid.data import CharTokenizer, Dataset, load_dataset
+from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
 from hybrid.kfac import sampled_fisher_backward
 from hybrid.models import HybridGPT
@@ -140,9 +142,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             # Rows logged after the checkpoint are replayed by this run: drop them.
             logged = [r for r in read_table(out / METRICS) if r["step"] <= step]
             write_table(out / METRICS, logged)
+            reset_tracking(out, keep_through=step)
         else:
             seconds_before = 0.0
             (out / METRICS).unlink(missing_ok=True)
+            reset_tracking(out)
         save_config(cfg, out / CONFIG)
 
         start_step, start_time, losses = step, time.perf_counter(), []
@@ -158,6 +162,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         while True:
             if on_step is not None:
                 on_step(step)
+            every = cfg.train.diagnostics_every  # before the checkpoint: a checkpoint at a step implies its row
+            if every and (step % every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
+                damping = {"classical": cfg.optim.kfac_damping, "quantum": cfg.optim.qng_damping}
+                track(model, eval_sets["train"][0], out, step, optimizer, damping=damping)  # a fixed batch
             # evaluate, log, checkpoint (a resumed run already did this at its start step)
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
                 train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])

@@ -8,7 +8,10 @@ import torch
 from pennylane import numpy as pnp
 
 import circuits
+import hybrid
+import hybrid.optim
 from hybrid import QuantumLayer
+from hybrid.errors import InputError
 from hybrid.ibm import LocalService, MetricEstimate, Runtime
 from tests.conftest import ALL_TEMPLATES
 from tests.ibm_doubles import exact_estimator
@@ -68,3 +71,44 @@ def test_sampled_metric_on_a_noiseless_fake_device_is_within_four_standard_error
     nonzero = estimate.stderr > 0  # entries outside the blocks are 0 exactly
     assert np.all(np.abs(metric - reference)[nonzero] <= 4 * estimate.stderr[nonzero])
     assert np.all(metric[~nonzero] == 0) and estimate.stderr.max() < 0.01
+
+
+def test_metric_tensor_on_a_qiskit_backend_is_the_estimator_metric(monkeypatch):
+    sent = exact_estimator(monkeypatch)
+    circuit = circuits.DataReuploading(2, 2)
+    layer = QuantumLayer(circuit, "qiskit.aer").double()
+    exact = QuantumLayer(circuit).double()
+    exact.load_state_dict(layer.state_dict())
+    inputs = torch.rand(3, 2, dtype=torch.float64) * 2 * np.pi
+    for approx in ("block-diag", "diag"):
+        torch.testing.assert_close(
+            hybrid.metric_tensor(layer, inputs, approx), hybrid.metric_tensor(exact, inputs, approx), atol=1e-10, rtol=0
+        )
+    assert len(sent) == 2  # one job each
+    with pytest.raises(InputError, match="block-diagonal metric only"):
+        hybrid.metric_tensor(layer, inputs, None)
+    with pytest.raises(InputError, match="Qiskit backend"):
+        hybrid.metric_tensor(exact, inputs, method="estimator")
+
+
+def test_qng_on_a_fake_device_sends_one_job_per_step_and_follows_the_statevector_trajectory(monkeypatch):
+    # The metric circuits of step k+1 ride in step k+1's training job (forward, shifts, metric):
+    # one job per step after the first, whose metric goes out alone. With every input in the
+    # metric sample, each step's metric is the exact one at that step's weights and inputs.
+    sent = exact_estimator(monkeypatch)
+    circuit = circuits.StronglyEntangling(2, 2)
+    hardware, simulator = QuantumLayer(circuit, "fake_manila").double(), QuantumLayer(circuit).double()
+    simulator.load_state_dict(hardware.state_dict())
+    optimizers = [hybrid.optim.QNG([layer], lr=0.1, damping=1e-3, metric_samples=8) for layer in (hardware, simulator)]
+    targets = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    for step in range(4):
+        x = torch.rand(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(step)) * np.pi
+        for layer, optimizer in zip((hardware, simulator), optimizers, strict=True):
+            optimizer.zero_grad()
+            ((layer(x) - targets) ** 2).mean().backward()
+            optimizer.step()
+        assert len(sent) == step + 2  # step 0: training job + metric job; then one job per step
+        torch.testing.assert_close(hardware.weights, simulator.weights, atol=1e-10, rtol=0)
+    assert [len(pubs) for pubs in sent[2:]] == [2 + len(MetricEstimate(hardware.program).layers)] * 3
+    with pytest.raises(InputError, match="full metric cannot be estimated on fake_manila"):
+        hybrid.optim.QNG([hardware], lr=0.1, approx=None)

@@ -47,15 +47,19 @@ def two_steps(tmp_path_factory):
 
 def test_submit_trains_with_one_job_per_step_and_leaves_the_journal(two_steps):
     out, printed = two_steps
-    assert "jobs per step: 1 (measured over 2 steps in the journal)" in printed.splitlines()
+    # the default optimizer (hybrid) has QNG: step 0 sends its metric alone, later metrics ride
+    assert "jobs per step: 1-2 (measured over 2 steps in the journal)" in printed.splitlines()
     assert "training step: 2 x 1 job of 52 circuits" in printed  # 4 inputs x (1 + 2 x 6 shifts)
+    assert "QNG metric, first refresh: 1 x 1 job of" in printed and "1 later metric refreshes add" in printed
     journal = Journal(out / "jobs.sqlite")
     rows = journal.rows()
     train_rows = [r for r in rows if r.purpose == "train"]
     assert [r.step for r in train_rows] == [0, 1]
     assert [p["name"] for p in train_rows[0].pubs] == ["forward", "shifts"]
+    assert [p["name"] for p in train_rows[1].pubs][:3] == ["forward", "shifts", "metric/0"]
+    assert [(r.purpose, r.step) for r in rows if r.purpose == "metric"] == [("metric", 0)]
     assert all(r.state == "DONE" and r.result is not None and r.job_id for r in rows)
-    assert len(events(journal, "submitted")) == len(rows) == 2 + 4  # 2 steps, train+val at steps 0 and 2
+    assert len(events(journal, "submitted")) == len(rows) == 2 + 1 + 4  # 2 steps, 1 metric, train+val at 0 and 2
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
     saved = (out / "config.toml").read_text()
     assert 'backend = "fake_manila"' in saved and "shots = 256" in saved
@@ -69,7 +73,7 @@ def test_submit_with_the_hardware_defaults(tmp_path, capsys, request):
     assert main(["submit", "--backend", "fake_manila", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "training step: 2 x 1 job of 800 circuits, 819,200 circuit-shots" in printed
-    assert "jobs per step: 1 (measured over 2 steps in the journal)" in printed
+    assert "jobs per step: 1-2 (measured over 2 steps in the journal)" in printed
 
 
 def test_jobs_lists_refreshes_and_fetches(two_steps, capsys):

@@ -280,6 +280,20 @@ def test_weight_used_outside_forward_is_an_error():
         kfac.precondition(lr=0.1)
 
 
+def test_forwards_that_are_never_backpropagated_are_left_out_of_the_factors():
+    # e.g. a loss printed with grad enabled before the training forward of the step
+    x, y = data("mlp")
+    expected = our_factors(mlp(), x, y).factors()
+    model = mlp()
+    kfac = KFACPreconditioner(model)
+    model(x[:4])  # recorded by the hooks, never backpropagated
+    nn.functional.cross_entropy(model(x), y).backward()
+    kfac.precondition(lr=0.1)
+    for name, (A, G) in kfac.factors().items():
+        torch.testing.assert_close(A, expected[name][0], rtol=0, atol=0)
+        torch.testing.assert_close(G, expected[name][1], rtol=0, atol=0)
+
+
 def test_mc_fisher_without_sampled_backward_is_an_error():
     model, (x, y) = mlp(), data("mlp")
     kfac = KFACPreconditioner(model, fisher="mc")

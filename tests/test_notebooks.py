@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom (with HYBRID_NOTEBOOK_FAST=1: tiny settings) and shows a figure."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,9 @@ def test_there_are_notebooks():
 def test_notebook_runs_top_to_bottom_and_shows_a_figure(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRID_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # the kernel imports this checkout's packages, not the installed ones
+    paths = [str(path.parents[1]), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

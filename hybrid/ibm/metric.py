@@ -123,14 +123,26 @@ class MetricEstimate:
     circuits; or call ``estimate(layer.executor, angles)`` for a job of its own. Afterwards
     ``metric`` (n_weights, n_weights) and ``stderr`` hold the estimate and ``angle_metric``
     (N, n_angles, n_angles) the per-input blocks.
+
+    Args:
+        program: the layer's compiled circuit.
+        max_inputs: riding on a forward job, estimate at this many of its rows, drawn without
+            replacement by ``generator`` (None: every row).
+        generator: a ``torch.Generator`` for that draw.
     """
 
-    def __init__(self, program: GateProgram):
+    def __init__(self, program: GateProgram, max_inputs: int | None = None, generator=None):
         self.program = program
         self.layers = metric_layers(program)
+        self.max_inputs, self.generator = max_inputs, generator
         self.metric = self.stderr = self.angle_metric = None
 
     def pubs(self, executor, runtime, angles: np.ndarray) -> list[Pub]:
+        if self.max_inputs is not None and angles.shape[0] > self.max_inputs:
+            import torch
+
+            rows = torch.randperm(angles.shape[0], generator=self.generator)[: self.max_inputs].numpy()
+            angles = angles[rows]
         pubs = []
         for i, layer in enumerate(self.layers):
             isa = executor.isa(runtime, list(layer.gates), name=f"metric/{i}")

@@ -136,7 +136,7 @@ def _train(cfg: Config, out: Path, resume: bool, quiet: bool, runtime: Runtime) 
     summary = train(cfg, out, resume=resume, progress=not quiet, on_step=runtime.at_step)
     per_step = {}
     for row in runtime.journal.rows():
-        if row.purpose == "train" and "#" not in row.key:
+        if row.purpose in ("train", "metric") and "#" not in row.key:
             per_step[row.step] = per_step.get(row.step, 0) + 1
     counts = sorted(set(per_step.values()))
     print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char")
@@ -263,10 +263,19 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
         # a stand-in PUB of the job's shape: (tokens, per_input) parameter sets
         return cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
 
-    rows = []
+    rows = []  # (what, jobs, circuits per job)
+    metric_note = ""
     if task == "train":
         evaluations = len(set(range(0, cfg.train.steps, cfg.train.eval_every)) | {cfg.train.steps})
         rows.append(("training step", cfg.train.steps, batch_job(1 + 2 * shifted)))
+        if cfg.optim.name in ("qng", "hybrid") and cfg.model.quantum != "none":
+            # QNG's metric circuits ride in the training jobs; the first refresh is a job of its own
+            zeros = np.zeros((min(tokens, cfg.optim.qng_metric_samples), program.n_angles))
+            metric = cost(MetricEstimate(program).pubs(executor, runtime, zeros))
+            refreshes = -(-cfg.train.steps // cfg.optim.qng_curvature_every)
+            rows.append(("QNG metric, first refresh", 1, metric))
+            metric_note = (f"; {refreshes - 1} later metric refreshes add {metric.circuits:,} circuits to their "
+                           "step's job")  # fmt: skip
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
     elif task == "eval":
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches, batch_job(1)))
@@ -281,11 +290,15 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
         print(f"  {what}: {count} x 1 job of {cost.circuits:,} circuits, {cost.circuit_shots:,} circuit-shots, "
               f"~{cost.qpu_seconds:,.0f} s QPU")  # fmt: skip
         total_jobs, total_seconds = total_jobs + count, total_seconds + count * cost.qpu_seconds
+    if metric_note:
+        refreshes = -(-cfg.train.steps // cfg.optim.qng_curvature_every) - 1
+        total_seconds += refreshes * metric.qpu_seconds
     qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
     print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
-          "mitigation adds to it)")  # fmt: skip
+          f"mitigation adds to it){metric_note}")  # fmt: skip
     if task == "train":
-        print("jobs per step: 1 (forward and parameter shifts of the batch in one job)")
+        first = ", 2 at the first step (its QNG metric goes alone)" if metric_note else ""
+        print(f"jobs per step: 1{first} (forward, parameter shifts and QNG metric of the batch in one job)")
 
 
 # --- hybrid jobs ---------------------------------------------------------------------------

@@ -1,0 +1,355 @@
+"""Tests for hybrid/diagnostics.py and hybrid/diagnostic_plots.py against direct computation
+(float64): explicit Kronecker products, ``hybrid.metric_tensor``, curvlinops' K-FAC; tracking
+during training and its resume; loss slices that leave everything as they found it."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from hybrid.config import ModelConfig, OptimConfig
+from hybrid.diagnostic_plots import plot_slices, plot_spectra, plot_tracking
+from hybrid.diagnostics import (
+    SPECTRA,
+    TABLE,
+    Spectrum,
+    curvature_spectra,
+    kronecker_spectrum,
+    load_spectra,
+    loss_slices,
+    metric_spectrum,
+    summarize,
+    track,
+)
+from hybrid.errors import InputError
+from hybrid.geometry import metric_tensor
+from hybrid.models import HybridGPT
+from hybrid.optim import build_optimizer
+from hybrid.quantum import QuantumLayer
+from hybrid.tables import read_table
+from hybrid.train import train, train_step
+from tests.conftest import tiny_config
+
+with warnings.catch_warnings():  # linear_operator, a curvlinops dependency, uses torch.jit.script
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from curvlinops import KFACLinearOperator
+
+V = 7  # vocabulary of the small models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: on a shared CPU a second torch thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_psd(n, rank=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, rank or n, generator=g, dtype=torch.float64)
+    return x @ x.T / (rank or n)
+
+
+def gpt(quantum="head", seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_embd=8, n_head=2, n_layer=1, block_size=6, quantum=quantum, dropout=dropout)
+    model = HybridGPT(cfg, V).double()
+    for m in model.modules():  # away from the 0.02 initialization, where q/k gradients nearly vanish
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.5)
+            nn.init.normal_(m.bias, std=0.1)
+    return model
+
+
+def batch(seed=0, size=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (size, 6), generator=g), torch.randint(0, V, (size, 6), generator=g)
+
+
+def eigenvalues(matrix):
+    return torch.sort(torch.linalg.eigvalsh(matrix), descending=True).values.clamp_min(0)
+
+
+def optimizer_for(model, name="hybrid", **overrides):
+    settings = {"kfac_curvature_every": 1, "kfac_inverse_every": 1, "warmup_steps": 0, **overrides}
+    return build_optimizer(model, OptimConfig(name=name, **settings))
+
+
+# --- spectra against direct computation ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5, 2), (1, 6)])
+def test_kronecker_spectrum_equals_the_explicit_product(shape):
+    A, G = random_psd(shape[0], seed=1), random_psd(shape[1], seed=2)
+    explicit = torch.sort(torch.linalg.eigvalsh(torch.kron(A, G)), descending=True).values
+    torch.testing.assert_close(kronecker_spectrum(A, G), explicit.clamp_min(0), atol=1e-12, rtol=0)
+
+
+def test_summary_statistics_by_hand():
+    s = Spectrum("block", "quantum", torch.tensor([4.0, 1.0, 1e-14, 0.0], dtype=torch.float64))
+    summary = s.summary(damping=1.0)
+    assert summary["max"] == 4.0 and summary["rank"] == 2 and summary["condition"] == 4.0 and summary["size"] == 4
+    assert summary["effective_dim"] == pytest.approx(4 / 5 + 1 / 2, abs=1e-12)
+    assert summary["participation"] == pytest.approx(25 / 17)
+    both = [s, Spectrum("w", "classical", torch.tensor([3.0], dtype=torch.float64))]
+    per_kind = summarize(both, {"quantum": 1.0, "classical": 3.0})
+    assert per_kind["block/effective_dim"] == summary["effective_dim"] and per_kind["w/effective_dim"] == 0.5
+
+
+def test_metric_spectrum_of_a_rank_deficient_metric():
+    metric = random_psd(6, rank=2, seed=3)
+    spectrum = metric_spectrum(metric)
+    assert spectrum.shape == (6,) and torch.all(spectrum[:-1] >= spectrum[1:])
+    assert Spectrum("m", "quantum", spectrum).summary(1e-3)["rank"] == 2
+
+
+@pytest.mark.parametrize("quantum", ["head", "ffn"])
+def test_quantum_spectrum_equals_the_eigenvalues_of_metric_tensor(quantum):
+    model, (x, y) = gpt(quantum), batch()
+    spectra = curvature_spectra(model, (x, y), metric_samples=1000)  # every one of the 18 inputs
+    [name] = [n for n, m in model.named_modules() if isinstance(m, QuantumLayer)]
+    [quantum_spectrum] = [s for s in spectra if s.kind == "quantum"]
+    assert quantum_spectrum.name == name and model.get_submodule(name).last_inputs is None  # left as found
+    # directly: the inputs a training forward sends to the layer, the full metric, its eigenvalues
+    layer = model.get_submodule(name)
+    model.train()
+    model(x)
+    metric = metric_tensor(layer, layer.last_inputs, approx=None)
+    assert layer.last_inputs.shape == (18, 4)
+    torch.testing.assert_close(quantum_spectrum.eigenvalues, eigenvalues(metric), atol=1e-12, rtol=0)
+    subsampled = [s for s in curvature_spectra(model, (x, y), metric_samples=5, seed=1) if s.kind == "quantum"]
+    assert not torch.allclose(subsampled[0].eigenvalues, quantum_spectrum.eigenvalues)
+
+
+def test_classical_spectrum_equals_the_explicit_kronecker_product_of_the_optimizers_factors():
+    model = gpt()
+    optimizer = optimizer_for(model)
+    train_step(model, optimizer, batch(0), grad_clip=0)
+    train_step(model, optimizer, batch(1), grad_clip=0)  # running averages of two batches
+    factors = optimizer.preconditioners["kfac"].factors()
+    spectra = curvature_spectra(model, batch(2), optimizer)
+    classical = {s.name: s for s in spectra if s.kind == "classical"}
+    assert set(classical) == set(factors) and "lm_head.to_angles" in classical
+    for name, (A, G) in factors.items():
+        torch.testing.assert_close(classical[name].eigenvalues, eigenvalues(torch.kron(A, G)), atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(classical[name].eigenvalues, eigenvalues(torch.kron(G, A)), atol=1e-10, rtol=1e-8)
+
+
+class ClassesFirst(nn.Module):
+    """curvlinops' CrossEntropyLoss takes (batch, classes, positions) outputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).transpose(1, 2)  # (B, V, T)
+
+
+def test_fresh_classical_spectrum_equals_curvlinops_kfac_blocks():
+    """Without an optimizer the factors come from this batch: curvlinops' empirical K-FAC."""
+    model, (x, y) = gpt(), batch()
+    spectra = {s.name: s for s in curvature_spectra(model, (x, y)) if s.kind == "classical"}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert set(spectra) == set(layers)
+    params = [p for m in layers.values() for p in m.parameters()]
+    op = KFACLinearOperator(
+        ClassesFirst(model), nn.CrossEntropyLoss(), params, [(x, y)], fisher_type="empirical",
+        kfac_approx="expand", separate_weight_and_bias=False, check_deterministic=False,
+    )  # fmt: skip
+    dense = op @ torch.eye(sum(p.numel() for p in params), dtype=torch.float64)
+    offset = 0
+    for name, layer in layers.items():
+        k = sum(p.numel() for p in layer.parameters())
+        block = dense[offset : offset + k, offset : offset + k]
+        torch.testing.assert_close(spectra[name].eigenvalues, eigenvalues(block), atol=1e-10, rtol=1e-7)
+        offset += k
+
+
+def test_model_without_linear_layers_has_only_quantum_spectra():
+    import circuits
+
+    layer = QuantumLayer(circuits.StronglyEntangling(3, 2)).double()
+    x = torch.rand(10, 3, dtype=torch.float64)
+
+    def loss_fn(model, data):
+        return model(data).pow(2).mean()
+
+    [s] = curvature_spectra(layer, x, loss_fn=loss_fn)
+    assert s.kind == "quantum" and s.name == ""
+    torch.testing.assert_close(s.eigenvalues, eigenvalues(metric_tensor(layer, x, approx=None)), atol=1e-12, rtol=0)
+
+
+# --- nothing is changed by looking -----------------------------------------------------------
+
+
+def snapshot(model, optimizer):
+    return (
+        [p.detach().clone() for p in model.parameters()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        copy.deepcopy(optimizer.state_dict()),
+    )
+
+
+def assert_same(a, b):
+    """Bitwise equal tensors, or equal nested dicts and lists of them, numbers and strings."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("name", ["hybrid", "qng", "kfac"])
+def test_diagnostics_leave_the_training_trajectory_unchanged(name):
+    """Two identical runs, one looked at by every diagnostic between its steps (curvature due
+    on each step): their parameters and optimizer states stay bitwise equal. Dropout draws from
+    the global RNG, which the diagnostics must leave where it was."""
+    model = gpt(dropout=0.1)
+    watched = copy.deepcopy(model)
+    optimizer, watched_optimizer = optimizer_for(model, name), optimizer_for(watched, name)
+    for step in range(3):
+        if step > 0:  # step 0: no K-FAC factors yet, so curvature_spectra computes fresh ones
+            torch.manual_seed(step)  # the same dropout masks for both
+            train_step(watched, watched_optimizer, batch(10 + step), grad_clip=0)
+            torch.manual_seed(step)
+            train_step(model, optimizer, batch(10 + step), grad_clip=0)
+        torch.manual_seed(100 + step)  # the diagnostics of the watched run must not move the RNG
+        before = snapshot(watched, watched_optimizer)
+        loss_slices(watched, batch(20 + step), watched_optimizer, [-0.1, 0.1])
+        curvature_spectra(watched, batch(20 + step), watched_optimizer)  # last: nothing else clears K-FAC's hooks
+        after = snapshot(watched, watched_optimizer)
+        for a, b in zip(before[0], after[0], strict=True):
+            assert_same(a, b)
+        assert before[1] == after[1] == [None] * len(before[1])  # train_step zeroes with set_to_none
+        assert_same(before[2], after[2])
+    for _ in range(2):
+        train_step(watched, watched_optimizer, batch(30), grad_clip=0)
+    torch.manual_seed(102)
+    for _ in range(2):
+        train_step(model, optimizer, batch(30), grad_clip=0)
+    for p, q in zip(model.parameters(), watched.parameters(), strict=True):
+        assert_same(p, q)
+
+
+def test_loss_slices_directions_differ_and_start_at_the_current_loss():
+    model, data = gpt(), batch()
+    optimizer = optimizer_for(model, "hybrid", kl_clip=0.0)
+    slices = loss_slices(model, data, optimizer, np.linspace(-0.2, 0.2, 5))
+    assert slices.alphas.shape == slices.gradient.shape == slices.natural.shape == (5,)
+    model.eval()
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(data[0]).reshape(-1, V), data[1].reshape(-1)).item()
+    assert slices.gradient[2] == pytest.approx(loss, abs=1e-12) and slices.natural[2] == pytest.approx(loss, abs=1e-12)
+    assert slices.cosine < 0.99 and not np.allclose(slices.gradient, slices.natural)
+    # a small step downhill along either direction lowers the loss; uphill raises it
+    assert slices.gradient[3] < loss < slices.gradient[1] and slices.natural[3] < loss < slices.natural[1]
+
+
+def test_loss_slices_refuses_an_optimizer_without_preconditioners_and_bad_alphas():
+    model = gpt()
+    with pytest.raises(InputError, match="no preconditioner"):
+        loss_slices(model, batch(), optimizer_for(model, "adamw"))
+    with pytest.raises(InputError, match="alphas"):
+        loss_slices(model, batch(), optimizer_for(model, "qng"), [0.0, float("nan")])
+    with pytest.raises(InputError, match="no preconditioners"):
+        loss_slices(model, batch(), object())
+
+
+# --- tracking over training ------------------------------------------------------------------
+
+
+def diag_config(**overrides):
+    return tiny_config(**{"model.n_embd": 16, "train.batch_size": 4, "train.eval_batches": 1,
+                          "train.sample_chars": 0, "train.diagnostics_every": 2, **overrides})  # fmt: skip
+
+
+def test_tracking_writes_rows_at_the_right_steps_and_spectra_to_plot(tmp_path):
+    train(diag_config(**{"train.steps": 5}), tmp_path, progress=False)
+    rows = read_table(tmp_path / TABLE)
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]  # every 2 steps and the last one
+    assert {"lm_head.circuit/condition", "blocks.0.mlp.fc/effective_dim"} <= set(rows[0])
+    spectra = load_spectra(tmp_path)
+    assert list(spectra) == [0, 2, 4, 5]
+    kinds = {s.name: s.kind for s in spectra[5]}
+    assert kinds["lm_head.circuit"] == "quantum" and kinds["blocks.0.mlp.fc"] == "classical"
+    fc = next(s for s in spectra[5] if s.name == "blocks.0.mlp.fc")
+    assert fc.eigenvalues.shape == (17 * 64,) and fc.factors[0].shape == (17,)  # stored as a + g numbers
+    assert rows[-1]["blocks.0.mlp.fc/max"] == pytest.approx(float(fc.eigenvalues[0]), rel=1e-7)
+
+
+def test_tracking_off_by_default_and_a_new_run_starts_a_new_table(tmp_path):
+    train(diag_config(**{"train.steps": 2}), tmp_path, progress=False)
+    assert len(read_table(tmp_path / TABLE)) == 2
+    train(diag_config(**{"train.steps": 2, "train.diagnostics_every": 0}), tmp_path, progress=False)
+    assert not (tmp_path / TABLE).exists() and not list((tmp_path / SPECTRA).glob("*.pt"))
+    with pytest.raises(InputError, match="diagnostics_every"):
+        train(diag_config(**{"train.diagnostics_every": -1}), tmp_path / "bad", progress=False)
+
+
+def test_resumed_run_keeps_appending_without_duplicates_and_the_same_trajectory(tmp_path):
+    """Killed at step 5 after its checkpoint at 4 (rows 0..5 written): the resumed run drops
+    row 5, replays it, and ends where an uninterrupted run ends."""
+    cfg = diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.diagnostics_every": 1})
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_6(step):
+        if step == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "run", progress=False, on_step=die_at_step_6)
+    assert [r["step"] for r in read_table(tmp_path / "run" / TABLE)] == [0, 1, 2, 3, 4, 5]
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    train(cfg, tmp_path / "whole", progress=False)
+    resumed, whole = read_table(tmp_path / "run" / TABLE), read_table(tmp_path / "whole" / TABLE)
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4, 5, 6]
+    assert list(load_spectra(tmp_path / "run")) == [0, 1, 2, 3, 4, 5, 6]
+    for a, b in zip(resumed, whole, strict=True):
+        assert a == pytest.approx(b, rel=1e-6, nan_ok=True)
+    untracked = train(diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.diagnostics_every": 0}),
+                      tmp_path / "untracked", progress=False)  # fmt: skip
+    ours = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    theirs = torch.load(untracked.out / "checkpoint.pt", weights_only=True)["model"]
+    for key in ours:
+        assert_same(ours[key], theirs[key])
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def test_plots_return_figures_and_write_files(tmp_path):
+    model, data = gpt(), batch()
+    optimizer = optimizer_for(model)
+    spectra = curvature_spectra(model, data, optimizer)
+    track(model, data, tmp_path, 0, optimizer)
+    train_step(model, optimizer, data, grad_clip=0)
+    track(model, data, tmp_path, 1, optimizer, damping={"classical": 0.1, "quantum": 1e-3})
+    figures = {
+        "spectra.png": plot_spectra(spectra, tmp_path / "spectra.png", damping=0.1),
+        "steps.svg": plot_spectra(load_spectra(tmp_path), tmp_path / "steps.svg"),
+        "tracking.png": plot_tracking(tmp_path, tmp_path / "tracking.png"),
+        "slices.png": plot_slices(loss_slices(model, data, optimizer), tmp_path / "slices.png"),
+    }
+    for file, fig in figures.items():
+        assert isinstance(fig, Figure) and fig.axes and any(ax.lines for ax in fig.axes)
+        assert (tmp_path / file).stat().st_size > 1000
+    assert (tmp_path / "steps.svg").read_text().startswith("<?xml")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+    with pytest.raises(InputError, match="diagnostics_every"):
+        plot_tracking(tmp_path / "nothing")
