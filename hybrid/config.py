@@ -67,7 +67,7 @@ class OptimConfig:
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     # K-FAC (hybrid.kfac); damping is in units of the Fisher of one loss term (one token)
-    kfac_lr: float = 0.1  # peak SGD learning rate of the K-FAC layers (the schedule scales it like lr)
+    kfac_lr: float = 1.0  # peak SGD learning rate of the K-FAC layers (the schedule scales it like lr)
     momentum: float = 0.0  # SGD momentum of the preconditioned (K-FAC and QNG) groups
     kfac_damping: float = 1e-2  # lambda in (G (x) A + lambda I)^-1; must be > 0 (1e-3 stalls here at the unigram loss)
     kfac_curvature_every: int = 10  # steps between factor updates (hooks are idle in between)
@@ -75,7 +75,7 @@ class OptimConfig:
     curvature_ema: float = 0.95  # weight of the old factors in their running average
     kfac_approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
     fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
-    kl_clip: float = 1e-2  # bound on s^T (F + damping) s (about 2 KL) of each K-FAC step s; 0 disables
+    kl_clip: float = 3e-2  # bound on s^T (F + damping) s (about 2 KL) of each K-FAC step s; 0 disables
     kfac_inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
     kfac_exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
     kfac_max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW

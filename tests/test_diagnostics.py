@@ -129,7 +129,7 @@ def test_quantum_spectrum_equals_the_eigenvalues_of_metric_tensor(quantum):
 
 def test_classical_spectrum_equals_the_explicit_kronecker_product_of_the_optimizers_factors():
     model = gpt()
-    optimizer = optimizer_for(model)
+    optimizer = optimizer_for(model, kfac_to_angles=True)  # its spectrum too
     train_step(model, optimizer, batch(0), grad_clip=0)
     train_step(model, optimizer, batch(1), grad_clip=0)  # running averages of two batches
     factors = optimizer.preconditioners["kfac"].factors()

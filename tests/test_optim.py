@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from hybrid.config import ModelConfig
+from hybrid.config import ModelConfig, apply_overrides
+from hybrid.config import validate as validate_config
+from hybrid.errors import InputError
 from hybrid.models import HybridGPT
-from hybrid.optim import HybridOptimizer, lr_factor, parameter_groups
+from hybrid.optim import HybridOptimizer, build_optimizer, lr_factor, parameter_groups, trainable_parameters
+from hybrid.quantum import QuantumLayer
 from tests.conftest import tiny_config
 
 
@@ -135,3 +138,51 @@ def test_schedulers_still_drive_every_group_after_load_state_dict():
     scheduler.step()
     assert opt.sgd.param_groups[0]["lr"] == pytest.approx(0.25)
     assert opt.adamw.param_groups[0]["lr"] == pytest.approx(5e-3)
+
+
+def owners(optimizer: HybridOptimizer, m: nn.Module) -> dict[str, str]:
+    """``{parameter name: "kfac" | "qng" | "adamw"}``; fails if a parameter has two owners or none."""
+    names = {key: name for key, (name, _) in trainable_parameters(m).items()}
+    owner: dict[str, str] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert names[id(p)] not in owner, f"{names[id(p)]} is owned twice"
+            owner[names[id(p)]] = group["name"].split("_")[0]
+    assert set(owner) == set(names.values()), "a parameter has no owner"
+    return owner
+
+
+@pytest.mark.parametrize("quantum", ["head", "ffn"])
+def test_hybrid_gives_kfac_the_linear_layers_qng_the_circuits_and_adamw_the_rest(quantum):
+    m = model(quantum)
+    for to_angles in (False, True):
+        cfg = apply_overrides(tiny_config(), {"optim.kfac_to_angles": to_angles}).optim
+        assert cfg.name == "hybrid"  # the default optimizer
+        owner = owners(build_optimizer(m, cfg), m)
+        for name, module in m.named_modules():
+            expected = None
+            if isinstance(module, nn.Linear):  # the pi*tanh angle layer goes to AdamW unless asked for
+                expected = "adamw" if name.endswith("to_angles") and not to_angles else "kfac"
+            elif isinstance(module, QuantumLayer):
+                expected = "qng"
+            elif isinstance(module, (nn.Embedding, nn.LayerNorm)):
+                expected = "adamw"
+            for pname, _ in module.named_parameters(prefix=name, recurse=False):
+                assert owner[pname] == expected, (pname, owner[pname], expected)
+        assert sorted(set(owner.values())) == ["adamw", "kfac", "qng"]
+        angle_layers = [n for n in owner if "to_angles" in n]
+        assert len(angle_layers) == 2 and {owner[n] for n in angle_layers} == {"kfac" if to_angles else "adamw"}
+
+
+def test_kfac_leaves_circuits_and_angle_layers_to_adamw_and_momentum_reaches_the_sgd_groups():
+    m = model("head")
+    cfg = apply_overrides(tiny_config(), {"optim.name": "kfac", "optim.momentum": 0.9}).optim
+    optimizer = build_optimizer(m, cfg)
+    owner = owners(optimizer, m)
+    assert owner["lm_head.circuit.weights"] == owner["lm_head.to_angles.weight"] == "adamw"
+    assert owner["lm_head.from_circuit.weight"] == owner["blocks.0.attn.query.bias"] == "kfac"
+    assert [g["momentum"] for g in optimizer.sgd.param_groups] == [0.9]
+    classical = model("none")  # no QuantumProjection: nothing to leave out, no error
+    assert set(owners(build_optimizer(classical, cfg), classical).values()) == {"kfac", "adamw"}
+    with pytest.raises(InputError, match="optim.momentum must lie in"):
+        validate_config(apply_overrides(tiny_config(), {"optim.momentum": 1.0}))
