@@ -124,6 +124,8 @@ def report(runs, args) -> str:
         "",
         f"- machine: {platform.machine()}, {cpu}, {os.cpu_count()} cores, {args.threads} torch threads; "
         f"torch {torch.__version__}, Python {platform.python_version()}",
+        f"- load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "(other processes share the cores; the interleaved turns spread their load over all rows)",
         f"- command: `{command}`",
         f"- date: {time.strftime('%Y-%m-%d')}",
         "",
