@@ -33,3 +33,14 @@ def tiny_config(**overrides) -> Config:
         "train.sample_chars": 40, "data.corpus_chars": 20_000, "optim.warmup_steps": 5,
     }  # fmt: skip
     return apply_overrides(Config(), {**base, **overrides})
+
+
+class ClassesFirst(torch.nn.Module):
+    """A language model with (B, V, T) outputs: curvlinops' CrossEntropyLoss wants classes second."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).transpose(1, 2)  # (B, T, V) -> (B, V, T)

@@ -32,7 +32,7 @@ from hybrid.optim import build_optimizer
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
-from tests.conftest import tiny_config
+from tests.conftest import ClassesFirst, tiny_config
 
 with warnings.catch_warnings():  # linear_operator, a curvlinops dependency, uses torch.jit.script
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -139,17 +139,6 @@ def test_classical_spectrum_equals_the_explicit_kronecker_product_of_the_optimiz
     for name, (A, G) in factors.items():
         torch.testing.assert_close(classical[name].eigenvalues, eigenvalues(torch.kron(A, G)), atol=1e-10, rtol=1e-8)
         torch.testing.assert_close(classical[name].eigenvalues, eigenvalues(torch.kron(G, A)), atol=1e-10, rtol=1e-8)
-
-
-class ClassesFirst(nn.Module):
-    """curvlinops' CrossEntropyLoss takes (batch, classes, positions) outputs."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x).transpose(1, 2)  # (B, V, T)
 
 
 def test_fresh_classical_spectrum_equals_curvlinops_kfac_blocks():

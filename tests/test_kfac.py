@@ -17,7 +17,7 @@ from hybrid.models import HybridGPT
 from hybrid.optim import HybridOptimizer, build_optimizer
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
-from tests.conftest import tiny_config
+from tests.conftest import ClassesFirst, tiny_config
 
 with warnings.catch_warnings():  # linear_operator, a curvlinops dependency, uses torch.jit.script
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -51,17 +51,6 @@ def gpt(quantum):
             nn.init.normal_(m.weight, std=0.5)
             nn.init.normal_(m.bias, std=0.1)
     return model
-
-
-class ClassesFirst(nn.Module):
-    """curvlinops' CrossEntropyLoss takes (batch, classes, positions) outputs."""
-
-    def __init__(self, gpt):
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, x):
-        return self.gpt(x).transpose(1, 2)  # (B, V, T)
 
 
 def data(kind, seed=0):
@@ -115,7 +104,7 @@ def test_curvature_blocks_equal_curvlinops_kfac(kind, approx):
     kfac = our_factors(model, x, y, kfac_approx=approx)
     assert set(kfac.factors()) == {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     wrapped = model if kind == "mlp" else ClassesFirst(model)
-    prefix = "" if kind == "mlp" else "gpt."
+    prefix = "" if kind == "mlp" else "model."
     layers = {prefix + name: layer for name, layer in kfac.layers.items()}
     theirs, op = curvlinops_blocks(wrapped, x, y, layers, "empirical", approx)
     state = op.state_dict()
