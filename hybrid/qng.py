@@ -221,21 +221,12 @@ class QNG(PreconditionedSGD):
     With one layer, a circuit without data inputs and ``curvature_every=1``, this is PennyLane's
     ``QNGOptimizer(stepsize=lr, lam=damping, approx=approx)``. Call it after ``loss.backward()``
     on a training-mode forward pass: the layers keep the inputs the metric is averaged over.
-    Arguments after ``lr`` are those of ``QNGPreconditioner``.
+    ``settings`` (damping, approx, curvature_every, metric_samples, seed, method) are those of
+    ``QNGPreconditioner``.
     """
 
-    def __init__(
-        self,
-        layers,
-        lr: float,
-        damping: float = 1e-3,
-        approx: str | None = "block-diag",
-        curvature_every: int = 1,
-        metric_samples: int = 64,
-        seed: int | None = None,
-        method: str | None = None,
-    ):
+    def __init__(self, layers, lr: float, **settings):
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise InputError(f"lr must be a number > 0, got {lr!r}")
-        preconditioner = QNGPreconditioner(layers, damping, approx, curvature_every, metric_samples, seed, method)
+        preconditioner = QNGPreconditioner(layers, **settings)
         super().__init__(preconditioner, "qng", lr=lr)

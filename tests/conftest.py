@@ -25,6 +25,12 @@ def _seed_and_threads():
     torch.set_num_threads(threads)  # float reductions depend on it: no test may leak a change
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test (``_seed_and_threads`` restores the count afterwards)."""
+    torch.set_num_threads(1)
+
+
 def tiny_config(**overrides) -> Config:
     """A model small enough that 60 steps take about a second on 2 cores."""
     base = {

@@ -41,13 +41,7 @@ with warnings.catch_warnings():  # linear_operator, a curvlinops dependency, use
 V = 7  # vocabulary of the small models
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: on a shared CPU a second torch thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # thousands of tiny ops: a second thread only waits
 
 
 def random_psd(n, rank=None, seed=0):
