@@ -5,7 +5,7 @@ loss = sum of the outputs; gradients to inputs and weights. All simulators run i
 process, on the same inputs and weights, and must agree with ours to 1e-6 before they are timed.
 Beside our time the table prints the roofline limit of our plan on this machine: every pass
 the plan makes over the batch of states at the bandwidth measured here, or its GEMM flops at
-the complex GEMM rate measured here, whichever is larger (``hybrid.plan.plan_work``).
+the complex GEMM rate measured here, whichever is larger (``hybrid.sim.plan.plan_work``).
 
     python benchmarks/bench_layer.py                               # main venv: PennyLane only
     benchmarks/peers/.venv/bin/python benchmarks/bench_layer.py    # with TorchQuantum, TC-NG
@@ -35,8 +35,8 @@ from peers import adapters  # noqa: E402
 
 import circuits  # noqa: E402
 from hybrid import QuantumLayer  # noqa: E402
-from hybrid.plan import compile_plan, plan_work  # noqa: E402
-from hybrid.statevector import COMPLEX, estimate_bytes  # noqa: E402
+from hybrid.sim.plan import compile_plan, plan_work  # noqa: E402
+from hybrid.sim.statevector import COMPLEX, estimate_bytes  # noqa: E402
 
 LAYERS = 2
 
@@ -210,7 +210,7 @@ def describe(args, bandwidth: float, flops: float, peers, status) -> list[str]:
         f"- measured here: copy bandwidth {bandwidth / 1e9:.1f} GB/s, complex GEMM {flops / 1e9:.1f} GFLOP/s; "
         "limit = sum over the plan's passes of max(bytes / bandwidth, flops / GEMM rate)",
         "- speedup = peer time / our time; peak MiB = measured growth of the peak resident size of a fresh "
-        "process running our step (in brackets: `hybrid.statevector.estimate_bytes`)",
+        "process running our step (in brackets: `hybrid.sim.statevector.estimate_bytes`)",
     ]
 
 

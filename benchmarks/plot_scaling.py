@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     for ax in (by_size, by_batch):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"hybrid.statevector, StronglyEntangling 2 layers, {args.dtype}, {args.threads} threads")
+    fig.suptitle(f"hybrid.sim.statevector, StronglyEntangling 2 layers, {args.dtype}, {args.threads} threads")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

@@ -12,7 +12,7 @@ from hybrid.config import Config as Config
 from hybrid.config import ModelConfig as ModelConfig
 from hybrid.config import load_config as load_config
 from hybrid.errors import InputError as InputError
-from hybrid.geometry import metric_tensor as metric_tensor
+from hybrid.optim.metric import metric_tensor as metric_tensor
 from hybrid.models import HybridGPT as HybridGPT
 from hybrid.models import QuantumProjection as QuantumProjection
 from hybrid.quantum import QuantumLayer as QuantumLayer

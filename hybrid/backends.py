@@ -1,6 +1,6 @@
 """Backends are one lookup table: name -> how circuits run and how they are differentiated.
 
-    engine "statevector": the batched torch simulator (hybrid.statevector), exact, autograd
+    engine "statevector": the batched torch simulator (hybrid.sim.statevector), exact, autograd
                           gradients, CPU or CUDA; PennyLane's QNode is the fallback for
                           circuits it cannot compile.
     engine "qnode":       a PennyLane QNode on ``device`` with ``diff_method``.

@@ -196,14 +196,14 @@ SUBMIT_FLAGS = {
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from hybrid.ibm.submit import submit
+    from hybrid.submit import submit
 
     overrides = {key: getattr(args, flag) for flag, key in SUBMIT_FLAGS.items() if getattr(args, flag) is not None}
     return submit(args, {**overrides, **set_overrides(args.set)})
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from hybrid.ibm.submit import jobs
+    from hybrid.submit import jobs
 
     return jobs(args)
 

@@ -66,7 +66,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
-    # K-FAC (hybrid.kfac); damping is in units of the Fisher of one loss term (one token)
+    # K-FAC (hybrid.optim.kfac); damping is in units of the Fisher of one loss term (one token)
     kfac_lr: float = 1.0  # peak SGD learning rate of the K-FAC layers (the schedule scales it like lr)
     momentum: float = 0.0  # SGD momentum of the preconditioned (K-FAC and QNG) groups
     kfac_damping: float = 1e-2  # lambda in (G (x) A + lambda I)^-1; must be > 0 (1e-3 stalls here at the unigram loss)
@@ -80,7 +80,7 @@ class OptimConfig:
     kfac_exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
     kfac_max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
     kfac_to_angles: bool = False  # K-FAC on the to_angles layer before a circuit's pi*tanh; off: AdamW trains it
-    # QNG (hybrid.qng)
+    # QNG (hybrid.optim.qng)
     qng_lr: float = 0.1  # qng: peak learning rate of the circuit weights (the schedule scales it like lr)
     qng_damping: float = 1e-3  # qng: added to the metric's diagonal before the solve (PennyLane's lam)
     qng_approx: str = "block-diag"  # qng: metric approximation: diag, block-diag or full

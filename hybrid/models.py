@@ -172,3 +172,23 @@ class HybridGPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
         return idx
+
+
+# -- the language-model loss, for HybridGPT and Hugging Face causal LMs ----------------------------
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-character cross-entropy in nats. Works for ``HybridGPT`` (returns logits) and
+    Hugging Face causal LMs (return an object with ``.logits``)."""
+    return next_token_loss(lm_logits(model, x), y)
+
+
+def lm_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (B, T, V) logits of ``HybridGPT`` or a Hugging Face causal LM."""
+    logits = model(x)
+    return getattr(logits, "logits", logits)  # (B, T, V)
+
+
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats of (B, T, V) logits against (B, T) next-character ids."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from circuits import UnsupportedCircuit, compile_circuit
-from hybrid import statevector
+from hybrid.sim import statevector
 from hybrid.backends import get_backend
 from hybrid.config import CircuitConfig
 from hybrid.errors import InputError
@@ -28,7 +28,7 @@ class QuantumLayer(nn.Module):
 
     All leading dimensions (batch, sequence) become one batch of circuit evaluations in a
     single call. On ``default.qubit`` the circuit runs on the batched torch simulator
-    (``hybrid.statevector``): complex64 when the weights are float32, complex128 after
+    (``hybrid.sim.statevector``): complex64 when the weights are float32, complex128 after
     ``layer.double()``, on whatever device the weights live on. On ``qiskit.aer``,
     ``fake_<device>`` and ``ibm_<device>`` each call is one EstimatorV2 job with ``shots``
     per circuit, differentiated by parameter shift (``hybrid.ibm.shots``). Other backends,

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hybrid.checkpoint import folder_lock, load_checkpoint, save_checkpoint
@@ -29,8 +28,8 @@ from hybrid.config import Config, config_from_dict, load_config, save_config, va
 from hybrid.data import CharTokenizer, Dataset, load_dataset
 from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
-from hybrid.kfac import sampled_fisher_backward
-from hybrid.models import HybridGPT
+from hybrid.optim.kfac import sampled_fisher_backward
+from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
 from hybrid.optim import build_optimizer, lr_factor
 from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
@@ -53,23 +52,6 @@ class RunSummary:
     floor: float | None
     seconds: float
     out: Path
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-character cross-entropy in nats. Works for ``HybridGPT`` (returns logits) and
-    Hugging Face causal LMs (return an object with ``.logits``)."""
-    return next_token_loss(lm_logits(model, x), y)
-
-
-def lm_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> (B, T, V) logits of ``HybridGPT`` or a Hugging Face causal LM."""
-    logits = model(x)
-    return getattr(logits, "logits", logits)  # (B, T, V)
-
-
-def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in nats of (B, T, V) logits against (B, T) next-character ids."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 @torch.no_grad()

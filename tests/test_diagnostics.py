@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from hybrid.config import ModelConfig, OptimConfig
-from hybrid.diagnostic_plots import plot_slices, plot_spectra, plot_tracking
+from hybrid.diagnostics.plots import plot_slices, plot_spectra, plot_tracking
 from hybrid.diagnostics import (
     SPECTRA,
     TABLE,
@@ -26,7 +26,7 @@ from hybrid.diagnostics import (
     track,
 )
 from hybrid.errors import InputError
-from hybrid.geometry import metric_tensor
+from hybrid.optim.metric import metric_tensor
 from hybrid.models import HybridGPT
 from hybrid.optim import build_optimizer
 from hybrid.quantum import QuantumLayer

@@ -1,4 +1,4 @@
-"""Tests for hybrid/geometry.py: both methods against qml.metric_tensor (autograd), finite
+"""Tests for hybrid/optim/metric.py: both methods against qml.metric_tensor (autograd), finite
 differences of qml.state(), and Aer with shots; float64 throughout."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from pennylane import numpy as pnp
 import circuits
 import hybrid
 from hybrid import InputError, QuantumLayer
-from hybrid.geometry import layer_labels
+from hybrid.optim.metric import layer_labels
 from tests.conftest import ALL_TEMPLATES
 from tests.test_program import Custom
 from tests.test_statevector import every_gate
@@ -151,7 +151,7 @@ def test_a_circuit_that_does_not_compile_uses_pennylane():
 def test_large_input_batches_are_chunked_without_changing_the_result(monkeypatch):
     layer, inputs = random_layer(circuits.DataReuploading(3, 2), n_inputs=7)
     whole = hybrid.metric_tensor(layer, inputs, None)
-    monkeypatch.setattr("hybrid.geometry.MAX_CHUNK_AMPLITUDES", 1)  # one input per chunk
+    monkeypatch.setattr("hybrid.optim.metric.MAX_CHUNK_AMPLITUDES", 1)  # one input per chunk
     torch.testing.assert_close(hybrid.metric_tensor(layer, inputs, None), whole, atol=1e-14, rtol=0)
 
 

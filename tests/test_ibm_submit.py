@@ -1,4 +1,4 @@
-"""Tests for hybrid/ibm/submit.py: ``hybrid submit`` and ``hybrid jobs`` on a fake device in
+"""Tests for hybrid/submit.py: ``hybrid submit`` and ``hybrid jobs`` on a fake device in
 local testing mode, through the same code path as hardware; a SIGKILL between submission and
 use, then --resume, sends nothing twice."""
 

@@ -1,4 +1,4 @@
-"""Tests for hybrid/kfac.py: factors against curvlinops, the damped step against a dense solve,
+"""Tests for hybrid/optim/kfac.py: factors against curvlinops, the damped step against a dense solve,
 hooks, layer selection, failure modes, exact resume, and ``hybrid train --optimizer kfac``."""
 
 import io
@@ -12,7 +12,7 @@ from torch import nn
 from hybrid.cli import main
 from hybrid.config import ModelConfig
 from hybrid.errors import InputError
-from hybrid.kfac import KFAC, KFACPreconditioner
+from hybrid.optim.kfac import KFAC, KFACPreconditioner
 from hybrid.models import HybridGPT
 from hybrid.optim import HybridOptimizer, build_optimizer
 from hybrid.tables import read_table

@@ -1,4 +1,4 @@
-"""Tests for hybrid/qng.py: PennyLane's QNGOptimizer trajectory, the damped solve, metric refresh
+"""Tests for hybrid/optim/qng.py: PennyLane's QNGOptimizer trajectory, the damped solve, metric refresh
 and subsampling, exact state round trips, and `hybrid train --optimizer qng` end to end."""
 
 import csv
@@ -20,7 +20,7 @@ from hybrid.cli import main
 from hybrid.config import save_config
 from hybrid.models import HybridGPT
 from hybrid.optim import QNG, HybridOptimizer, build_optimizer, trainable_parameters
-from hybrid.qng import QNGPreconditioner, condition_number, damped_solve
+from hybrid.optim.qng import QNGPreconditioner, condition_number, damped_solve
 from hybrid.train import train
 from tests.conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests for hybrid/statevector.py and hybrid/plan.py against PennyLane's default.qubit (autograd).
+"""Tests for hybrid/sim/statevector.py and hybrid/sim/plan.py against PennyLane's default.qubit (autograd).
 
 Values and gradients (to inputs and weights) of every template with every readout agree with
 PennyLane to 1e-10 in complex128 and 1e-5 in complex64; forward mode agrees with finite
@@ -16,9 +16,9 @@ from torch.autograd import forward_ad
 
 import circuits
 from hybrid import InputError, QuantumLayer
-from hybrid.plan import compile_plan
+from hybrid.sim.plan import compile_plan
 from hybrid.quantum import format_bytes
-from hybrid.statevector import estimate_bytes, final_state, simulate
+from hybrid.sim.statevector import estimate_bytes, final_state, simulate
 from tests.conftest import ALL_TEMPLATES
 from tests.test_program import Custom
 
@@ -155,7 +155,7 @@ def test_final_state_matches_pennylane_and_forward_mode_matches_finite_differenc
 
 PEAK_SCRIPT = """
 import sys, torch, circuits
-from hybrid.statevector import simulate
+from hybrid.sim.statevector import simulate
 torch.set_num_threads(1)
 rss = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
 for config in sys.argv[1:]:

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hybrid.checkpoint import atomic_write
-from hybrid.diagnostics import RTOL, TABLE, LossSlices, Spectrum, load_spectra
+from hybrid.diagnostics.spectra import RTOL, TABLE, LossSlices, Spectrum, load_spectra
 from hybrid.errors import InputError
 from hybrid.tables import read_table
 

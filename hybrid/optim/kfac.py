@@ -1,7 +1,7 @@
 r"""K-FAC for the ``nn.Linear`` layers of a model (Martens & Grosse 2015; Eschenhagen et al. 2023).
 
 The bookkeeping: which layers, hooks, when to refresh what, state. The curvature math of one
-layer is in ``hybrid.kfac_blocks``.
+layer is in ``hybrid.optim.kfac_blocks``.
 
     forward / backward (curvature steps only):  hooks keep each layer's input x and output gradient g
     precondition(lr):
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.errors import InputError
-from hybrid.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
-from hybrid.preconditioned import PreconditionedSGD
+from hybrid.optim.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+from hybrid.optim.preconditioned import PreconditionedSGD
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")

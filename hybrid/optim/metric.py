@@ -32,7 +32,7 @@ import torch
 
 from circuits import GateProgram, UnsupportedCircuit, compile_circuit
 from hybrid.errors import InputError
-from hybrid.statevector import final_state
+from hybrid.sim.statevector import final_state
 
 APPROXIMATIONS = ("diag", "block-diag", None)
 METHODS = ("exact", "pennylane", "estimator")

@@ -4,13 +4,13 @@
     summarize(spectra, damping)                            # {name/stat: value}: condition, eff. dim, ...
     track(model, batch, run_dir, step, optimizer)          # append to run_dir/diagnostics.csv + spectra/
     slices = loss_slices(model, batch, optimizer)          # loss along -gradient and -natural gradient
-    plot_spectra(spectra), plot_tracking(run_dir), plot_slices(slices)   # in hybrid.diagnostic_plots
+    plot_spectra(spectra), plot_tracking(run_dir), plot_slices(slices)   # in hybrid.diagnostics.plots
 
 Conventions (the numbers a plot shows):
 - quantum blocks: eigenvalues of the Fubini-Study metric of each ``QuantumLayer``'s weights,
   PennyLane's convention (``hybrid.metric_tensor``, full metric, averaged over the circuit
   inputs of the batch); the quantum Fisher information is 4x this.
-- classical blocks: eigenvalues of each K-FAC block ``A (x) G`` in ``hybrid.kfac``'s
+- classical blocks: eigenvalues of each K-FAC block ``A (x) G`` in ``hybrid.optim.kfac``'s
   normalization. The spectrum of a Kronecker product is every product of an eigenvalue of A
   with one of G, so no (d_in d_out)^2 matrix is ever formed.
 - condition number: largest eigenvalue over the smallest one above ``RTOL`` times the largest
@@ -40,8 +40,9 @@ from torch import nn
 
 from hybrid.checkpoint import atomic_write
 from hybrid.errors import InputError
-from hybrid.geometry import metric_tensor
-from hybrid.kfac import KFACPreconditioner
+from hybrid.models import lm_logits, next_token_loss
+from hybrid.optim.metric import metric_tensor
+from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import append_row, read_table, write_table
 
@@ -168,16 +169,14 @@ def curvature_spectra(
 
 
 def _loss(model: nn.Module, batch, loss_fn: LossFn | None, logits_out: list | None = None) -> torch.Tensor:
-    """``loss_fn(model, batch)``, or the mean next-token cross-entropy of ``batch = (x, y)`` (as
-    ``hybrid.train.lm_loss``, which this module cannot import: ``train`` imports it)."""
+    """``loss_fn(model, batch)``, or the mean next-token cross-entropy of ``batch = (x, y)``."""
     if loss_fn is not None:
         return loss_fn(model, batch)
     x, y = batch
-    logits = model(x)
-    logits = getattr(logits, "logits", logits)  # (B, T, V); Hugging Face models return an object
+    logits = lm_logits(model, x)  # (B, T, V)
     if logits_out is not None:
         logits_out.append(logits)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return next_token_loss(logits, y)
 
 
 def _preconditioners(obj) -> list:

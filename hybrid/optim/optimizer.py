@@ -22,11 +22,11 @@ from torch import nn
 from hybrid.config import OPTIMIZERS as OPTIMIZERS
 from hybrid.config import OptimConfig
 from hybrid.errors import InputError
-from hybrid.kfac import KFAC as KFAC
-from hybrid.kfac import KFACPreconditioner
+from hybrid.optim.kfac import KFAC as KFAC
+from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.models import QuantumProjection
-from hybrid.qng import QNG as QNG
-from hybrid.qng import QNGPreconditioner
+from hybrid.optim.qng import QNG as QNG
+from hybrid.optim.qng import QNGPreconditioner
 from hybrid.quantum import QuantumLayer
 
 

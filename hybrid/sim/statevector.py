@@ -2,7 +2,7 @@
 
 One call runs N circuits that share their weights and differ in their inputs. The batch is
 one (2^n, N) tensor, basis index first (wire 0 = most significant bit) and batch last, so a
-permutation moves whole rows and a block of wires is one GEMM. ``hybrid.plan`` turns the gates
+permutation moves whole rows and a block of wires is one GEMM. ``hybrid.sim.plan`` turns the gates
 into a few wide steps; this module runs them:
 
     v_w    = leading one-qubit gates on |0>, per wire          # (n, 2, N), tiny
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from circuits import GateProgram
-from hybrid.plan import OneQubit, Plan, choose_blocks, compile_plan
+from hybrid.sim.plan import OneQubit, Plan, choose_blocks, compile_plan
 
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _H = np.array([[1.0, 1.0], [1.0, -1.0]])  # unnormalized: the Walsh-Hadamard butterfly

@@ -2,7 +2,7 @@
 
     theta <- theta - lr * (G + damping * I)^-1 grad          # per QuantumLayer; G: (P, P) metric
 
-``G`` is the Fubini-Study metric of the layer's weights (``hybrid.geometry``, PennyLane's
+``G`` is the Fubini-Study metric of the layer's weights (``hybrid.optim.metric``, PennyLane's
 convention) averaged over a random subsample of the inputs that reached the layer in the
 latest training forward pass: a transformer sends a per-token layer B*T inputs per step, and
 the metric depends on the input. Several layers give a block-diagonal G, one block each.
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from hybrid.errors import InputError
-from hybrid.geometry import check_approx, default_method, metric_tensor
-from hybrid.preconditioned import PreconditionedSGD
+from hybrid.optim.metric import check_approx, default_method, metric_tensor
+from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
 
 

@@ -1,6 +1,6 @@
 """The curvature block of one ``nn.Linear`` under K-FAC: its factors, their decompositions, and
 the damped inverse applied to a gradient. Plain functions on tensors, batched over layers of
-equal shape; ``hybrid.kfac`` decides when to call them.
+equal shape; ``hybrid.optim.kfac`` decides when to call them.
 
     A, G = batch_factors(inputs, grads, "expand", bias=True)     # (d_in + 1)^2, d_out^2
     (QA, lA), (QG, lG) = decompose([A, G], "eigh")               # float64

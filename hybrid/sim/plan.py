@@ -1,6 +1,6 @@
 """Compile a ``GateProgram`` into a simulation plan: a few wide steps instead of many gates.
 
-The torch simulator (``hybrid.statevector``) keeps a batch of N states as one (2^n, N) tensor,
+The torch simulator (``hybrid.sim.statevector``) keeps a batch of N states as one (2^n, N) tensor,
 basis index first and wire 0 its most significant bit, and runs the plan's steps on it:
 
     state_0 = kron_w v_w                      the leading one-qubit gates as a product state
