@@ -95,7 +95,7 @@ def kron_in_parameter_order(A, G, layer):
 def test_curvature_blocks_equal_curvlinops_kfac(kind, approx):
     model = mlp() if kind == "mlp" else gpt(kind)
     x, y = data(kind)
-    kfac = our_factors(model, x, y, kfac_approx=approx)
+    kfac = our_factors(model, x, y, approx=approx)
     assert set(kfac.factors()) == {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     wrapped = model if kind == "mlp" else ClassesFirst(model)
     prefix = "" if kind == "mlp" else "model."
@@ -112,8 +112,8 @@ def test_curvature_blocks_equal_curvlinops_kfac(kind, approx):
 
 def test_expand_and_reduce_differ_on_sequences():
     x, y = data("head")
-    expand = our_factors(gpt("head"), x, y, kfac_approx="expand").factors()
-    reduce = our_factors(gpt("head"), x, y, kfac_approx="reduce").factors()
+    expand = our_factors(gpt("head"), x, y, approx="expand").factors()
+    reduce = our_factors(gpt("head"), x, y, approx="reduce").factors()
     assert not torch.allclose(expand["lm_head.from_circuit"][0], reduce["lm_head.from_circuit"][0])
 
 
@@ -380,7 +380,7 @@ def test_bad_settings_are_input_errors():
     model = mlp()
     for kwargs, message in [({"damping": 0.0}, "damping must be a finite number > 0"),
                             ({"fisher": "true"}, "fisher must be one of empirical, mc"),
-                            ({"kfac_approx": "mean"}, "kfac_approx must be one of expand, reduce")]:  # fmt: skip
+                            ({"approx": "mean"}, "approx must be one of expand, reduce")]:  # fmt: skip
         with pytest.raises(InputError, match=message):
             KFACPreconditioner(model, **kwargs)
 

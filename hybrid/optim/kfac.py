@@ -18,10 +18,11 @@ refreshed; all math happens in ``precondition``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -29,13 +30,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.errors import InputError
+from hybrid.errors import InputError, check_choice, check_number
 from hybrid.optim.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
 from hybrid.optim.preconditioned import PreconditionedSGD
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")
 INVERSES = ("eigh", "cholesky")
+
+
+@dataclass
+class KFACSettings:
+    """``[optim.kfac]``: the keyword arguments of ``KFACPreconditioner`` and of its SGD step.
+
+    Defaults are tuned on the default model (README, K-FAC); damping is in units of the Fisher
+    of one loss term (one token).
+    """
+
+    lr: float = 1.0  # peak SGD learning rate of the K-FAC layers (the schedule scales it like optim.lr)
+    momentum: float = 0.0  # SGD momentum of the K-FAC layers
+    damping: float = 1e-2  # lambda in (G (x) A + lambda I)^-1, > 0 (1e-3 stalls here at the unigram loss)
+    curvature_every: int = 10  # steps between factor updates (hooks are idle in between)
+    inverse_every: int = 10  # steps between decompositions of the factors (50 leaves stale inverses early on)
+    curvature_ema: float = 0.95  # weight of the old factors in their running average
+    approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
+    fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
+    kl_clip: float = 3e-2  # bound on s^T (F + damping) s (about 2 KL) of each step s; 0 disables
+    inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
+    exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
+    max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
+    to_angles: bool = False  # K-FAC on the to_angles layer before a circuit's pi*tanh; off: AdamW trains it
+
+    def validate(self, prefix: str = "optim.kfac.") -> KFACSettings:
+        """Raise InputError naming ``prefix + key`` for the first setting out of range."""
+        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
+        check_number(f"{prefix}momentum", self.momentum, low=0, high=1, high_open=True)
+        check_number(f"{prefix}damping", self.damping, low=0, low_open=True)
+        for key in ("curvature_every", "inverse_every", "max_dim"):
+            check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
+        check_number(f"{prefix}curvature_ema", self.curvature_ema, low=0, high=1, high_open=True)
+        check_number(f"{prefix}kl_clip", self.kl_clip, low=0)
+        check_choice(f"{prefix}approx", self.approx, KFAC_APPROX)
+        check_choice(f"{prefix}fisher", self.fisher, FISHERS)
+        check_choice(f"{prefix}inverse", self.inverse, INVERSES)
+        return self
+
+    def preconditioner_kwargs(self) -> dict:
+        """The keyword arguments of ``KFACPreconditioner`` (all but the SGD step's and ``to_angles``)."""
+        kwargs = dataclasses.asdict(self)
+        for key in ("lr", "momentum", "to_angles"):
+            kwargs.pop(key)
+        kwargs["exclude"] = [p for p in self.exclude.split(",") if p.strip()]
+        return kwargs
+
+
+_DEFAULT = KFACSettings()
 
 
 def kfac_layers(
@@ -111,6 +160,8 @@ class KFACPreconditioner:
     decompose keeps its previous decomposition (counted in ``stats()["kfac_fallbacks"]``); a
     layer with none yet passes its gradient through unchanged.
 
+    Defaults are ``KFACSettings``'s, so the Python API and ``hybrid train`` agree.
+
     Args:
         model: the model; hooks go on the selected layers.
         damping: lambda > 0, in the units of the Fisher of one loss term.
@@ -118,7 +169,7 @@ class KFACPreconditioner:
         inverse_every: steps between decompositions of the factors.
         curvature_ema: weight of the old factors in the running average; the first update
             takes the batch factors as they are.
-        kfac_approx: ``"expand"`` or ``"reduce"`` for inputs with a sequence dimension.
+        approx: ``"expand"`` or ``"reduce"`` for inputs with a sequence dimension.
         fisher: ``"empirical"`` (the training gradients) or ``"mc"`` (one more backward with
             labels drawn from the model: ``sampled_backward``, which the training loop calls).
         kl_clip: kappa, the bound on ``s^T (F + damping) s = nu^2 lr^2 <Delta, grad>`` (about twice
@@ -135,28 +186,22 @@ class KFACPreconditioner:
         self,
         model: nn.Module,
         *,
-        damping: float = 0.1,
-        curvature_every: int = 10,
-        inverse_every: int = 50,
-        curvature_ema: float = 0.95,
-        kfac_approx: str = "expand",
-        fisher: str = "empirical",
-        kl_clip: float = 1e-3,
-        inverse: str = "eigh",
+        damping: float = _DEFAULT.damping,
+        curvature_every: int = _DEFAULT.curvature_every,
+        inverse_every: int = _DEFAULT.inverse_every,
+        curvature_ema: float = _DEFAULT.curvature_ema,
+        approx: str = _DEFAULT.approx,
+        fisher: str = _DEFAULT.fisher,
+        kl_clip: float = _DEFAULT.kl_clip,
+        inverse: str = _DEFAULT.inverse,
         exclude: Iterable[str] = (),
-        max_dim: int = 2048,
+        max_dim: int = _DEFAULT.max_dim,
         seed: int = 0,
     ):
-        for value, choices, what in ((kfac_approx, KFAC_APPROX, "kfac_approx"), (fisher, FISHERS, "fisher"),
-                                     (inverse, INVERSES, "inverse")):  # fmt: skip
-            if value not in choices:
-                raise InputError(f"K-FAC {what} must be one of {', '.join(choices)}, got {value!r}")
-        if not (damping > 0 and math.isfinite(damping)):
-            raise InputError(f"K-FAC damping must be a finite number > 0, got {damping}")
-        if curvature_every < 1 or inverse_every < 1 or max_dim < 1:
-            raise InputError("K-FAC curvature_every, inverse_every and max_dim must be at least 1")
-        if not 0 <= curvature_ema < 1 or kl_clip < 0:
-            raise InputError(f"K-FAC needs 0 <= curvature_ema < 1 and kl_clip >= 0, got {curvature_ema}, {kl_clip}")
+        KFACSettings(damping=damping, curvature_every=curvature_every, inverse_every=inverse_every,
+                     curvature_ema=curvature_ema, approx=approx, fisher=fisher, kl_clip=kl_clip, inverse=inverse,
+                     max_dim=max_dim).validate(prefix="")  # fmt: skip
+        kfac_approx = approx
         self.damping, self.curvature_every, self.inverse_every = damping, curvature_every, inverse_every
         self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
         self.kl_clip, self.inverse = kl_clip, inverse
@@ -417,7 +462,10 @@ class KFAC(PreconditionedSGD):
         **kwargs: ``KFACPreconditioner`` settings (damping, curvature_every, ...).
     """
 
-    def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self, model: nn.Module, lr: float = _DEFAULT.lr, momentum: float = _DEFAULT.momentum,
+        weight_decay: float = 0.0, **kwargs,
+    ):  # fmt: skip
         self.kfac = KFACPreconditioner(model, **kwargs)
         super().__init__(self.kfac, "kfac", lr=lr, momentum=momentum, weight_decay=weight_decay)
 

@@ -232,7 +232,7 @@ def kfac_preconditioner(model: nn.Module, cfg: OptimConfig) -> KFACPreconditione
     angles = [f"{name}.to_angles" for name, m in model.named_modules() if isinstance(m, QuantumProjection)]
     return KFACPreconditioner(
         model, damping=cfg.kfac_damping, curvature_every=cfg.kfac_curvature_every,
-        inverse_every=cfg.kfac_inverse_every, curvature_ema=cfg.curvature_ema, kfac_approx=cfg.kfac_approx,
+        inverse_every=cfg.kfac_inverse_every, curvature_ema=cfg.curvature_ema, approx=cfg.kfac_approx,
         fisher=cfg.fisher, kl_clip=cfg.kl_clip, inverse=cfg.kfac_inverse,
         exclude=[*cfg.kfac_exclude.split(","), *([] if cfg.kfac_to_angles else angles)], max_dim=cfg.kfac_max_dim,
     )  # fmt: skip

@@ -15,14 +15,48 @@ is the same update as a standalone ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from hybrid.errors import InputError
+from hybrid.errors import InputError, check_choice, check_number
 from hybrid.optim.metric import check_approx, default_method, metric_tensor
 from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
+
+
+APPROX = ("diag", "block-diag", "full")
+
+
+@dataclass
+class QNGSettings:
+    """``[optim.qng]``: the keyword arguments of ``QNGPreconditioner`` and of its SGD step."""
+
+    lr: float = 0.1  # peak learning rate of the circuit weights (the schedule scales it like optim.lr)
+    momentum: float = 0.0  # SGD momentum: Momentum-QNG (PennyLane's MomentumQNGOptimizer rho)
+    damping: float = 1e-3  # added to the metric's diagonal before the solve (PennyLane's lam)
+    approx: str = "block-diag"  # metric approximation: diag, block-diag or full
+    curvature_every: int = 1  # steps between metric refreshes; the metric is reused in between
+    metric_samples: int = 64  # circuit inputs of the latest batch the metric is averaged over
+
+    def validate(self, prefix: str = "optim.qng.") -> QNGSettings:
+        """Raise InputError naming ``prefix + key`` for the first setting out of range."""
+        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
+        check_number(f"{prefix}momentum", self.momentum, low=0, high=1, high_open=True)
+        check_number(f"{prefix}damping", self.damping, low=0, low_open=True)
+        check_number(f"{prefix}curvature_every", self.curvature_every, low=1, integer=True)
+        check_number(f"{prefix}metric_samples", self.metric_samples, low=1, integer=True)
+        check_choice(f"{prefix}approx", "full" if self.approx is None else self.approx, APPROX)
+        return self
+
+    def preconditioner_kwargs(self) -> dict:
+        """The keyword arguments of ``QNGPreconditioner``."""
+        return {"damping": self.damping, "approx": self.approx, "curvature_every": self.curvature_every,
+                "metric_samples": self.metric_samples}  # fmt: skip
+
+
+_DEFAULT = QNGSettings()
 
 
 def damped_solve(metric: torch.Tensor, grad: torch.Tensor, damping: float) -> torch.Tensor:
@@ -85,10 +119,10 @@ class QNGPreconditioner:
     def __init__(
         self,
         layers,
-        damping: float = 1e-3,
-        approx: str | None = "block-diag",
-        curvature_every: int = 1,
-        metric_samples: int = 64,
+        damping: float = _DEFAULT.damping,
+        approx: str | None = _DEFAULT.approx,
+        curvature_every: int = _DEFAULT.curvature_every,
+        metric_samples: int = _DEFAULT.metric_samples,
         seed: int | None = None,
         method: str | None = None,
     ):
@@ -97,11 +131,8 @@ class QNGPreconditioner:
             raise InputError("QNG needs one or more QuantumLayer modules; pass the model's circuits")
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
-        if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
-            raise InputError(f"damping must be a finite number > 0 (it keeps the solve well posed), got {damping!r}")
-        for label, value in (("curvature_every", curvature_every), ("metric_samples", metric_samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{label} must be an integer >= 1, got {value!r}")
+        QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every,
+                    metric_samples=metric_samples).validate(prefix="")  # fmt: skip
         self.approx = check_approx(approx)
         self.damping = float(damping)
         self.curvature_every = curvature_every
@@ -222,11 +253,14 @@ class QNG(PreconditionedSGD):
     ``QNGOptimizer(stepsize=lr, lam=damping, approx=approx)``. Call it after ``loss.backward()``
     on a training-mode forward pass: the layers keep the inputs the metric is averaged over.
     ``settings`` (damping, approx, curvature_every, metric_samples, seed, method) are those of
-    ``QNGPreconditioner``.
+    ``QNGPreconditioner``. With ``momentum`` rho it is Momentum-QNG (Borysenko et al., arXiv
+    2409.01978; PennyLane's ``MomentumQNGOptimizer(stepsize=lr, momentum=rho)``): torch's SGD
+    momentum ``b <- rho b + P(grad)``, ``theta <- theta - lr b`` is the same recursion with
+    ``a = lr b``.
     """
 
-    def __init__(self, layers, lr: float, **settings):
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise InputError(f"lr must be a number > 0, got {lr!r}")
+    def __init__(self, layers, lr: float, momentum: float = 0.0, **settings):
+        check_number("lr", lr, low=0, low_open=True)
+        check_number("momentum", momentum, low=0, high=1, high_open=True)
         preconditioner = QNGPreconditioner(layers, **settings)
-        super().__init__(preconditioner, "qng", lr=lr)
+        super().__init__(preconditioner, "qng", lr=lr, momentum=momentum)
