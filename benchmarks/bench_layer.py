@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from peers import adapters  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 import circuits  # noqa: E402
 from hybrid import QuantumLayer  # noqa: E402
@@ -39,17 +38,6 @@ from hybrid.sim.plan import compile_plan, plan_work  # noqa: E402
 from hybrid.sim.statevector import COMPLEX, estimate_bytes  # noqa: E402
 
 LAYERS = 2
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def machine_limits(dtype: torch.dtype, device: str) -> tuple[float, float]:
@@ -62,7 +50,7 @@ def machine_limits(dtype: torch.dtype, device: str) -> tuple[float, float]:
         b.copy_(a)
         sync()
 
-    bandwidth = 2 * a.numel() * 8 / timed(copy, 5)
+    bandwidth = 2 * a.numel() * 8 / median_seconds(copy, 5)
     m = torch.randn(32, 32, dtype=COMPLEX[dtype], device=device)
     x = torch.randn(32, 2**17, dtype=COMPLEX[dtype], device=device)
 
@@ -70,7 +58,7 @@ def machine_limits(dtype: torch.dtype, device: str) -> tuple[float, float]:
         torch.mm(m, x)
         sync()
 
-    flops = 8 * 32 * 32 * x.shape[1] / timed(gemm, 5)
+    flops = 8 * 32 * 32 * x.shape[1] / median_seconds(gemm, 5)
     return bandwidth, flops
 
 
@@ -122,7 +110,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peers", nargs="*", default=list(adapters.PEERS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="about this many timed calls per entry")
     parser.add_argument("--budget", type=float, default=300.0, help="skip a peer whose estimated time exceeds this (s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
@@ -144,7 +132,7 @@ def main(argv=None) -> None:
             w = torch.as_tensor(rng.uniform(0, 2 * np.pi, (LAYERS, n, 3)), dtype=dtype, device=args.device)
             step = ours(n, x, w)
             reference = step().detach().cpu().double()
-            mine = timed(step, args.repeats)
+            mine = median_seconds(step, args.repeats)
             limit = roofline(n, batch, dtype, bandwidth, flops)
             program = circuits.compile_circuit(circuits.StronglyEntangling(n, LAYERS))
             estimate = estimate_bytes(program, batch, dtype)
@@ -174,7 +162,7 @@ def main(argv=None) -> None:
                     tolerance = 1e-4 if peer.precision == "float32" or dtype == torch.float32 else 1e-6
                     if error > tolerance:
                         raise AssertionError(f"disagrees with ours by {error:.1e}")
-                    seconds = timed(run, args.repeats)
+                    seconds = median_seconds(run, args.repeats)
                     last[(name, batch)] = (n, seconds)
                     row += [f"{seconds:.4f}", f"{seconds / mine:.1f}x"]
                 except Exception as error:  # noqa: BLE001 - a failing peer is a table entry, not a crash

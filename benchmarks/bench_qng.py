@@ -16,18 +16,18 @@ circuit with explicit RX gates). Times are medians.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pennylane as qml
 import torch
+from timing import median_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
@@ -41,17 +41,6 @@ from hybrid.optim import build_optimizer  # noqa: E402
 from hybrid.train import train_step  # noqa: E402
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def step_time(cfg: Config, repeats: int) -> float:
     """Median seconds of one ``train_step`` (forward, backward, clip, optimizer step)."""
     torch.manual_seed(cfg.train.seed)
@@ -60,8 +49,8 @@ def step_time(cfg: Config, repeats: int) -> float:
     optimizer = build_optimizer(model, cfg.optim)
     generator = torch.Generator().manual_seed(0)
     batches = [dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, generator) for _ in range(8)]
-    count = iter(range(10**9))
-    return median_seconds(lambda: train_step(model, optimizer, batches[next(count) % 8], cfg.optim.grad_clip), repeats)
+    cycle = itertools.cycle(batches)
+    return median_seconds(lambda: train_step(model, optimizer, next(cycle), cfg.optim.grad_clip), repeats)
 
 
 def explicit_rx(circuit):
@@ -84,8 +73,8 @@ def pennylane_seconds(circuit, inputs, weights, approx) -> dict[str, float | str
     out: dict[str, float | str] = {}
 
     def per_input(metric_fn) -> float:
-        rows = iter(inputs.tolist() * 2)
-        return median_seconds(lambda: metric_fn(pnp.array(next(rows), requires_grad=False), w), len(inputs), 1)
+        rows = itertools.cycle(inputs.tolist())
+        return median_seconds(lambda: metric_fn(pnp.array(next(rows), requires_grad=False), w), len(inputs))
 
     for device in ("default.qubit", "lightning.qubit"):
         qnode = qml.QNode(circuit, qml.device(device, wires=circuit.n_qubits + 1), interface="autograd")
@@ -115,7 +104,7 @@ def environment(load: float) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="timed training steps per row")
+    parser.add_argument("--repeats", type=int, default=20, help="about this many timed training steps per row")
     parser.add_argument("--metric-inputs", type=int, default=4, help="inputs for the PennyLane comparison")
     parser.add_argument("--write", type=Path, help="also write the markdown here (atomically)")
     args = parser.parse_args()

@@ -10,14 +10,13 @@ with ``quantum = "head"`` (StronglyEntangling, 2 layers, every Z string read out
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from hybrid import HybridGPT  # noqa: E402
 from hybrid.config import Config, apply_overrides  # noqa: E402
@@ -46,13 +45,7 @@ def step_seconds(quantum: str, qubits: int, batch_size: int, dtype: torch.dtype,
         train_step(model, optimizer, (x, y), cfg.optim.grad_clip)
         sync()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), batch_size * cfg.model.block_size
+    return median_seconds(step, repeats), batch_size * cfg.model.block_size
 
 
 def main(argv=None) -> None:
@@ -61,7 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[32, 256], help="sequences of 32 tokens")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="about this many timed steps per row")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

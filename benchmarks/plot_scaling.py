@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from bench_layer import ours, timed  # noqa: E402
+from bench_layer import ours  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
     for batch in tqdm(args.batch, desc="batch"):
         for n in args.qubits:
             x, w = torch.rand(batch, n, dtype=dtype) * 6, torch.rand(2, n, 3, dtype=dtype) * 6
-            seconds[n, batch] = timed(ours(n, x, w), args.repeats)
+            seconds[n, batch] = median_seconds(ours(n, x, w), args.repeats)
 
     fig, (by_size, by_batch) = plt.subplots(1, 2, figsize=(11, 4.2))
     for batch in args.batch:
