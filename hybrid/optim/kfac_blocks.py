@@ -102,3 +102,19 @@ def decompose(matrices: list[torch.Tensor], inverse: str) -> list:
             results = [r for M in ok for r in decompose([M], inverse)] if len(ok) > 1 else [None]
     it = iter(results)
     return [next(it) if f else None for f in finite]
+
+
+def adam_direction(
+    grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, beta1: float, beta2: float, eps: float
+) -> torch.Tensor:
+    r"""One Adam step's direction, updating the moments ``m`` and ``v`` in place (Kingma & Ba 2015, alg. 1):
+
+    .. math:: m \leftarrow \beta_1 m + (1 - \beta_1) g, \quad v \leftarrow \beta_2 v + (1 - \beta_2) g^2, \quad
+              d = \frac{m / (1 - \beta_1^t)}{\sqrt{v / (1 - \beta_2^t)} + \epsilon}
+
+    ``step`` is t, counted from 1. ``p -= lr * d`` is ``torch.optim.Adam``'s step (AdamW's
+    without the decay), so the grafted K-FAC and eigenbasis-Adam updates share AdamW's lr.
+    """
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    return (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)

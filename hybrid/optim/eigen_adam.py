@@ -1,0 +1,250 @@
+r"""Adam in the Kronecker eigenbasis of K-FAC's factors (EKFAC, George et al. 2018; SOAP, Vyas et al. 2024).
+
+    forward / backward (curvature steps only):  K-FAC's hooks keep each layer's x and g (KFACPreconditioner)
+    precondition(lr):
+        every curvature_every steps:  A, G <- running averages, as K-FAC
+        every basis_every steps:      A = QA diag QA^T, G = QG diag QG^T (float64 eigh); carry m, v into the new basis
+        every step:                   g~ = QG^T [dW | db] QA;  m, v <- Adam moments of g~ (bias-corrected)
+                                      [dW | db] <- QG (m^ / (sqrt(v^) + eps)) QA^T + weight_decay [W | 0]
+
+Adam's per-coordinate scaling replaces K-FAC's eigenvalues: no damping, no KL clip, and the
+step is AdamW's: lr, betas, eps and decoupled weight decay as ``torch.optim.AdamW`` takes them.
+Before the first basis (steps < basis_every) the bases are the identity, so the update is
+AdamW's while the factors gather batches.
+
+Only layer selection, hooks and the running factors come from ``KFACPreconditioner`` (a
+subclass); the step is this module's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hybrid.errors import check_choice, check_number
+from hybrid.optim.kfac import FISHERS, KFAC_APPROX, KFACPreconditioner
+from hybrid.optim.kfac_blocks import adam_direction, decompose
+from hybrid.optim.preconditioned import PreconditionedSGD
+
+
+@dataclass
+class EigenAdamSettings:
+    """``[optim.eigen_adam]``: the keyword arguments of ``EigenAdamPreconditioner`` and its SGD step's lr."""
+
+    lr: float = 3e-3  # peak learning rate, in AdamW's units (the SGD step applies the Adam direction as is)
+    beta1: float = 0.9  # Adam's first-moment decay, in the eigenbasis
+    beta2: float = 0.99  # Adam's second-moment decay, in the eigenbasis
+    eps: float = 1e-8  # added to sqrt(v^) as in AdamW
+    weight_decay: float = 0.01  # decoupled (AdamW) decay of the weight matrices; biases never decay
+    basis_every: int = 50  # steps between eigendecompositions of A and G (the first at step basis_every)
+    curvature_every: int = 10  # steps between factor updates (hooks are idle in between)
+    curvature_ema: float = 0.95  # weight of the old factors in their running average
+    approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
+    fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
+    exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
+    max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
+    to_angles: bool = False  # on the to_angles layer before a circuit's pi*tanh; off: AdamW trains it
+
+    def validate(self, prefix: str = "optim.eigen_adam.") -> EigenAdamSettings:
+        """Raise InputError naming ``prefix + key`` for the first setting out of range."""
+        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
+        for key in ("beta1", "beta2", "curvature_ema"):
+            check_number(f"{prefix}{key}", getattr(self, key), low=0, high=1, high_open=True)
+        check_number(f"{prefix}eps", self.eps, low=0)
+        check_number(f"{prefix}weight_decay", self.weight_decay, low=0)
+        for key in ("basis_every", "curvature_every", "max_dim"):
+            check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
+        check_choice(f"{prefix}approx", self.approx, KFAC_APPROX)
+        check_choice(f"{prefix}fisher", self.fisher, FISHERS)
+        return self
+
+    def preconditioner_kwargs(self) -> dict:
+        """The keyword arguments of ``EigenAdamPreconditioner`` (all but the SGD step's lr and ``to_angles``)."""
+        kwargs = dataclasses.asdict(self)
+        for key in ("lr", "to_angles"):
+            kwargs.pop(key)
+        kwargs["exclude"] = [p for p in self.exclude.split(",") if p.strip()]
+        return kwargs
+
+
+_DEFAULT = EigenAdamSettings()
+
+
+def carry_moments(
+    m: torch.Tensor, v: torch.Tensor, RG: torch.Tensor, RA: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Adam's moments of one layer, moved from an old eigenbasis to a new one.
+
+    With ``RG = QG_new^T QG_old`` (d_out, d_out) and ``RA = QA_new^T QA_old`` (d_a, d_a):
+
+    .. math:: m \leftarrow R_G\, m\, R_A^T, \qquad v \leftarrow (R_G \circ R_G)\, v\, (R_A \circ R_A)^T
+
+    m is a matrix of gradients and rotates exactly (SOAP re-projects ``exp_avg`` the same
+    way). v is a second moment per coordinate: SOAP keeps it, only permuting its rows and
+    columns to follow the re-sorted eigenvectors (``get_orthogonal_matrix_QR``). Here each old
+    coordinate's v is spread over the new coordinates by the squared overlaps, the second
+    moment of the rotated gradient were the old coordinates uncorrelated. It equals SOAP's
+    rule when the new basis is a signed permutation of the old one, and unlike it it stays
+    meaningful when a full ``eigh`` returns an unrelated basis of a (near-)degenerate
+    eigenspace, as it does for the null space of a low-rank factor. v stays >= 0.
+    """
+    return RG @ m @ RA.mT, (RG * RG) @ v @ (RA * RA).mT
+
+
+class EigenAdamPreconditioner(KFACPreconditioner):
+    r"""Adam on each selected ``nn.Linear``'s ``[W | b]`` in the eigenbasis of its K-FAC factors.
+
+    .. math:: \nabla_W \leftarrow Q_G \frac{\hat m}{\sqrt{\hat v} + \epsilon} Q_A^T + \mathrm{wd}\, W,
+              \qquad m, v = \mathrm{Adam\ moments\ of\ } Q_G^T \nabla_W Q_A
+
+    An SGD step with momentum 0 at AdamW's lr then makes this AdamW in the rotated coordinates
+    ``QG^T [W | b] QA``: with identity bases it is ``torch.optim.AdamW`` (decay on W, not b).
+    Bases are refreshed every ``basis_every`` steps from the running factors (float64 ``eigh``;
+    a factor that fails keeps its previous basis and counts in ``stats()``); the moments are
+    carried into the new basis by ``carry_moments``. Step counts for bias correction are per
+    layer, counting the steps on which the layer had a gradient, as AdamW's per parameter.
+
+    Args:
+        model: the model; K-FAC's hooks go on the layers ``kfac_layers`` selects.
+        beta1, beta2, eps, weight_decay: AdamW's.
+        basis_every: steps between basis refreshes; the first is at step ``basis_every``.
+        curvature_every, curvature_ema, approx, fisher, exclude, max_dim, seed: as ``KFACPreconditioner``'s.
+
+    Raises:
+        InputError: bad settings, or a model ``kfac_layers`` refuses.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        beta1: float = _DEFAULT.beta1,
+        beta2: float = _DEFAULT.beta2,
+        eps: float = _DEFAULT.eps,
+        weight_decay: float = _DEFAULT.weight_decay,
+        basis_every: int = _DEFAULT.basis_every,
+        curvature_every: int = _DEFAULT.curvature_every,
+        curvature_ema: float = _DEFAULT.curvature_ema,
+        approx: str = _DEFAULT.approx,
+        fisher: str = _DEFAULT.fisher,
+        exclude: Iterable[str] = (),
+        max_dim: int = _DEFAULT.max_dim,
+        seed: int = 0,
+    ):
+        EigenAdamSettings(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, basis_every=basis_every,
+                          curvature_every=curvature_every, curvature_ema=curvature_ema, approx=approx, fisher=fisher,
+                          max_dim=max_dim).validate(prefix="")  # fmt: skip
+        super().__init__(model, curvature_every=curvature_every, inverse_every=basis_every,
+                         curvature_ema=curvature_ema, approx=approx, fisher=fisher, kl_clip=0.0, exclude=exclude,
+                         max_dim=max_dim, seed=seed)  # fmt: skip
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.basis_every = basis_every
+        self.bases: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (QA, QG), once refreshed
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (m, v) in the current basis
+        self.counts: dict[str, int] = {}  # name -> Adam steps taken (bias correction)
+
+    @torch.no_grad()
+    def precondition(self, lr: float) -> None:
+        """Update the factors and bases when due, then write each owned ``.grad``'s AdamW
+        direction in the eigenbasis (see the class docstring; ``lr`` unused)."""
+        if self._curvature_due():
+            self._update_factors(self._batch_factors())
+        for captured in (*self._inputs.values(), *self._grads.values()):
+            captured.clear()
+        if self.steps > 0 and self.steps % self.basis_every == 0:
+            self.refresh_bases()
+        for name, layer in self.layers.items():
+            grad = self._grad_matrix(name)  # (d_out, d_a)
+            if grad is None:
+                continue
+            update = self._adam_update(name, grad)  # (d_out, d_a)
+            layer.weight.grad.copy_(update[:, : layer.in_features]).add_(layer.weight, alpha=self.weight_decay)
+            if layer.bias is not None and layer.bias.grad is not None:
+                layer.bias.grad.copy_(update[:, layer.in_features])
+        self.steps += 1
+
+    def _adam_update(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        """(d_out, d_a) gradient -> the Adam direction in the layer's basis, rotated back."""
+        QA, QG = self.bases.get(name, (None, None))
+        rotated = grad if QA is None else QG.mT @ grad @ QA  # (d_out, d_a)
+        if name not in self.moments:
+            self.moments[name] = (torch.zeros_like(grad), torch.zeros_like(grad))
+        self.counts[name] = self.counts.get(name, 0) + 1
+        m, v = self.moments[name]
+        direction = adam_direction(rotated, m, v, self.counts[name], self.beta1, self.beta2, self.eps)
+        return direction if QA is None else QG @ direction @ QA.mT
+
+    def refresh_bases(self) -> None:
+        """Eigendecompose every layer's running A and G (float64) and move its moments there."""
+        for name in self.A:
+            old = self.bases.get(name)
+            new = []
+            for i, M in enumerate((self.A[name], self.G[name])):
+                (result,) = decompose([M.double()], "eigh")
+                if result is None:
+                    self.fallbacks += 1  # keep the previous basis of this factor (identity if none)
+                    result = (old[i],) if old else (torch.eye(M.shape[0], dtype=torch.float64, device=M.device),)
+                new.append(result[0].to(self.A[name].dtype))
+            self.set_basis(name, *new)
+
+    def set_basis(self, name: str, QA: torch.Tensor, QG: torch.Tensor) -> None:
+        """Make ``(QA, QG)`` (orthogonal, (d_a, d_a) and (d_out, d_out)) layer ``name``'s basis,
+        carrying its Adam moments from the previous one (``carry_moments``)."""
+        if name in self.moments:
+            QA_old, QG_old = self.bases.get(name, (None, None))
+            RA = QA.mT if QA_old is None else QA.mT @ QA_old  # (d_a, d_a)
+            RG = QG.mT if QG_old is None else QG.mT @ QG_old  # (d_out, d_out)
+            self.moments[name] = carry_moments(*self.moments[name], RG, RA)
+        self.bases[name] = (QA, QG)
+
+    def stats(self) -> dict[str, float]:
+        """``eigen_adam_fallbacks``: factors skipped or decompositions kept because they were
+        not finite or failed, so far."""
+        return {"eigen_adam_fallbacks": float(self.fallbacks)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "bases": {n: tuple(b) for n, b in self.bases.items()},
+            "moments": {n: tuple(mv) for n, mv in self.moments.items()},
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = (set(state["bases"]) | set(state["moments"])) - set(self.layers)
+        if unknown:
+            raise ValueError(f"eigenbasis-Adam state has layers {sorted(unknown)} this model does not")
+        super().load_state_dict(state)
+
+        def to(name, tensors):
+            return tuple(t.to(self.layers[name].weight.device, copy=True) for t in tensors)
+
+        self.bases = {n: to(n, b) for n, b in state["bases"].items()}
+        self.moments = {n: to(n, mv) for n, mv in state["moments"].items()}
+        self.counts = {n: int(c) for n, c in state["counts"].items()}
+
+
+class EigenAdamKFAC(PreconditionedSGD):
+    r"""Eigenbasis Adam alone on the ``nn.Linear`` layers: the preconditioner, then SGD (momentum 0).
+
+    .. math:: \theta \leftarrow \theta - \mathrm{lr}\,\bigl(Q_G \tfrac{\hat m}{\sqrt{\hat v} + \epsilon} Q_A^T
+              + \mathrm{wd}\, W\bigr)
+
+    Only the preconditioned parameters are optimized: train the rest with another optimizer,
+    or use ``hybrid.optim.HybridOptimizer``.
+
+    Args:
+        model: the model whose ``nn.Linear`` layers are optimized.
+        lr: AdamW's learning rate.
+        **kwargs: ``EigenAdamPreconditioner`` settings (beta1, weight_decay, basis_every, ...).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = _DEFAULT.lr, **kwargs):
+        check_number("lr", lr, low=0, low_open=True)
+        self.eigen_adam = EigenAdamPreconditioner(model, **kwargs)
+        super().__init__(self.eigen_adam, "eigen_adam", lr=lr)
