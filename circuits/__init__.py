@@ -6,6 +6,12 @@
 (4, (2, 4, 3), 4)
 """
 
+from circuits.gates import (
+    GATES as GATES,
+)
+from circuits.gates import (
+    GateSpec as GateSpec,
+)
 from circuits.program import (
     GATE_SET as GATE_SET,
 )
@@ -16,10 +22,16 @@ from circuits.program import (
     GateProgram as GateProgram,
 )
 from circuits.program import (
+    Layer as Layer,
+)
+from circuits.program import (
     UnsupportedCircuit as UnsupportedCircuit,
 )
 from circuits.program import (
     compile_circuit as compile_circuit,
+)
+from circuits.program import (
+    qiskit_circuit as qiskit_circuit,
 )
 from circuits.program import (
     qiskit_observables as qiskit_observables,

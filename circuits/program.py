@@ -4,9 +4,11 @@ A ``GateProgram`` is the circuit as executors see it:
 
     angles = inputs @ input_coeffs.T + weights.ravel() @ weight_coeffs.T + offsets   # (..., n_angles)
 
-and a flat list of gates from ``GATE_SET``, each with at most one angle. The torch
-simulator in ``hybrid`` and the Qiskit converter below both run from it, so a template's
-gates are written once, in PennyLane.
+and a flat list of gates from ``GATE_SET`` (the rows of ``circuits.gates.GATES``), each with
+at most one angle. The torch simulator in ``hybrid`` and the Qiskit converter below both run
+from it, so a template's gates are written once, in PennyLane. Compilation also groups the
+trainable gates into PennyLane's parametrized layers (``GateProgram.layers``), the blocks of
+the block-diagonal metric tensor.
 
 Compilation traces the template with PennyLane, decomposes it into ``GATE_SET``, and reads
 the affine maps exactly by probing: one trace with a batch of unit inputs, one trace per
@@ -17,16 +19,18 @@ weights, raises ``UnsupportedCircuit`` (executors then fall back to PennyLane).
 
 from __future__ import annotations
 
+import functools
+import operator
 import types
 from dataclasses import dataclass
 
 import numpy as np
 import pennylane as qml
 
+from circuits.gates import GATES
+
 # Gates with at most one angle that every executor knows; PennyLane decomposes the rest.
-PARAMETRIC = ("RX", "RY", "RZ", "PhaseShift")
-FIXED = ("Hadamard", "PauliX", "PauliY", "PauliZ", "S", "T", "SX", "CNOT", "CZ", "SWAP")
-GATE_SET = frozenset(PARAMETRIC + FIXED)
+GATE_SET = frozenset(GATES)
 IGNORED = ("GlobalPhase", "Identity")  # no effect on expectation values
 
 
@@ -43,11 +47,22 @@ class Gate:
     angle: int | None = None
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One of PennyLane's parametrized layers: ``gates``, the indices of its trainable gates
+    in gate order (on disjoint wires, so their generators commute), and ``before``, the
+    indices of every earlier gate they depend on (their past light cone), in order."""
+
+    gates: tuple[int, ...]
+    before: tuple[int, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class GateProgram:
     """A compiled template. Shapes: ``input_coeffs`` (n_angles, n_inputs),
     ``weight_coeffs`` (n_angles, n_weights), ``offsets`` (n_angles,); ``observables`` holds
-    one Pauli sentence per output as ``{((wire, "X"|"Y"|"Z"), ...): coefficient}``."""
+    one Pauli sentence per output as ``{((wire, "X"|"Y"|"Z"), ...): coefficient}``;
+    ``layers`` the parametrized layers of the trainable gates (see ``parametrized_layers``)."""
 
     n_qubits: int
     n_inputs: int
@@ -57,6 +72,7 @@ class GateProgram:
     weight_coeffs: np.ndarray
     offsets: np.ndarray
     observables: tuple[dict, ...]
+    layers: tuple[Layer, ...]
 
     @property
     def n_angles(self) -> int:
@@ -70,6 +86,11 @@ class GateProgram:
     def data_angles(self) -> np.ndarray:
         """Boolean mask (n_angles,): which angles depend on the inputs."""
         return np.any(self.input_coeffs != 0, axis=1)
+
+    @property
+    def weight_angles(self) -> np.ndarray:
+        """Boolean mask (n_angles,): which angles depend on the weights (the trainable ones)."""
+        return np.any(self.weight_coeffs != 0, axis=1)
 
     def angles(self, inputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Gate angles (..., n_angles) for inputs (..., n_inputs) and weights ``weight_shape``."""
@@ -132,15 +153,17 @@ def _compile(circuit) -> GateProgram:
         angles = _angles(circuit, np.zeros(n_inputs), unit.reshape(weight_shape), structure)
         weight_coeffs[:, k] = angles - offsets
 
+    gates = tuple(Gate(name, wires, angle_of.get(i)) for i, (name, wires) in enumerate(structure))
     program = GateProgram(
         n_qubits=n_qubits,
         n_inputs=n_inputs,
         weight_shape=weight_shape,
-        gates=tuple(Gate(name, wires, angle_of.get(i)) for i, (name, wires) in enumerate(structure)),
+        gates=gates,
         input_coeffs=input_coeffs,
         weight_coeffs=weight_coeffs,
         offsets=offsets,
         observables=tuple(_pauli_sentence(m) for m in measurements),
+        layers=parametrized_layers(gates, np.any(weight_coeffs != 0, axis=1)),
     )
     # Check affinity at a random point: the maps above must predict every angle exactly.
     inputs, weights = _random_point(n_inputs, weight_shape)
@@ -148,6 +171,40 @@ def _compile(circuit) -> GateProgram:
     if not np.allclose(actual, program.angles(inputs, weights), rtol=0, atol=1e-9):
         raise UnsupportedCircuit("gate angles are not affine functions of the inputs and weights")
     return program
+
+
+def parametrized_layers(gates: tuple[Gate, ...], trainable: np.ndarray) -> tuple[Layer, ...]:
+    """PennyLane's parametrized layers of the gates whose angle is ``trainable`` (n_angles,) bool.
+
+    As ``CircuitGraph.parametrized_layers`` builds them for ``qml.metric_tensor(approx=
+    "block-diag")``: walk the trainable gates in order and start a new layer when the gate
+    depends (through a path on the wires) on a gate of the current one.
+    """
+    ancestors: list[int] = []  # bit mask of the earlier gates each gate depends on
+    last_on_wire: dict[int, int] = {}
+    for i, gate in enumerate(gates):
+        mask = 0
+        for w in gate.wires:
+            if w in last_on_wire:
+                mask |= ancestors[last_on_wire[w]] | (1 << last_on_wire[w])
+        ancestors.append(mask)
+        for w in gate.wires:
+            last_on_wire[w] = i
+    blocks: list[list[int]] = []
+    current = 0  # bit mask of the gates in blocks[-1]
+    for i, gate in enumerate(gates):
+        if gate.angle is None or not trainable[gate.angle]:
+            continue
+        if not blocks or ancestors[i] & current:
+            blocks.append([])
+            current = 0
+        blocks[-1].append(i)
+        current |= 1 << i
+    layers = []
+    for block in blocks:
+        before = functools.reduce(operator.or_, (ancestors[i] for i in block))
+        layers.append(Layer(tuple(block), tuple(j for j in range(before.bit_length()) if before >> j & 1)))
+    return tuple(layers)
 
 
 def _angles(circuit, inputs, weights, structure) -> np.ndarray:
@@ -184,11 +241,19 @@ def _pauli_sentence(measurement) -> dict:
 
 # --- Qiskit -------------------------------------------------------------------------------
 
-QISKIT_NAMES = {
-    "RX": "rx", "RY": "ry", "RZ": "rz", "PhaseShift": "p", "Hadamard": "h", "PauliX": "x",
-    "PauliY": "y", "PauliZ": "z", "S": "s", "T": "t", "SX": "sx", "CNOT": "cx", "CZ": "cz",
-    "SWAP": "swap",
-}  # fmt: skip
+
+def qiskit_circuit(program: GateProgram, angles, gates: list[int] | None = None):
+    """``program``'s gates (or those with indices ``gates``, in that order) as a Qiskit
+    ``QuantumCircuit`` without measurements, gate angle ``j`` set to ``angles[j]`` (a number,
+    a ``Parameter`` or a parameter expression). Wire ``i`` is Qiskit qubit ``i``."""
+    from qiskit.circuit import QuantumCircuit
+
+    qc = QuantumCircuit(program.n_qubits)
+    for index in range(len(program.gates)) if gates is None else gates:
+        gate = program.gates[index]
+        args = [] if gate.angle is None else [angles[gate.angle]]
+        getattr(qc, GATES[gate.name].qiskit)(*args, *gate.wires)
+    return qc
 
 
 def to_qiskit(program: GateProgram, inputs=None, weights=None):
@@ -199,16 +264,11 @@ def to_qiskit(program: GateProgram, inputs=None, weights=None):
     to transpile once and bind per evaluation. Given values are bound before returning.
     Wire ``i`` is Qiskit qubit ``i``; measure with ``qiskit_observables(program)``.
     """
-    from qiskit.circuit import ParameterVector, QuantumCircuit
+    from qiskit.circuit import ParameterVector
 
     x = ParameterVector("x", program.n_inputs)
     w = ParameterVector("w", program.n_weights)
-    qc = QuantumCircuit(program.n_qubits)
-    for gate in program.gates:
-        args = []
-        if gate.angle is not None:
-            args.append(_expression(program, gate.angle, x, w))
-        getattr(qc, QISKIT_NAMES[gate.name])(*args, *gate.wires)
+    qc = qiskit_circuit(program, [_expression(program, j, x, w) for j in range(program.n_angles)])
     if inputs is None and weights is None:
         return qc
     if inputs is None or weights is None:

@@ -15,6 +15,7 @@ PennyLane devices, on the torch simulator in ``hybrid`` and, converted by
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 
 import numpy as np
@@ -56,15 +57,27 @@ class Circuit:
 
     Subclasses define ``weight_shape`` and ``gates(inputs, weights)``. ``measure`` picks
     the observables (see ``z_observables``); the default, Pauli-Z on each wire, gives
-    ``n_outputs == n_qubits``.
+    ``n_outputs == n_qubits``. ``entangle=False`` drops the template's two-qubit gates,
+    leaving a product-state circuit with the same weights: the baseline that tells whether
+    entanglement matters. A subclass with no two-qubit gates sets ``has_entanglers = False``
+    and refuses it.
     """
 
     name = "circuit"
+    has_entanglers = True  # whether there are two-qubit gates for entangle=False to drop
 
-    def __init__(self, n_qubits: int, n_layers: int, measure: str = "Z"):
+    def __init__(self, n_qubits: int, n_layers: int, measure: str = "Z", entangle: bool = True):
         for label, value in (("n_qubits", n_qubits), ("n_layers", n_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if not isinstance(entangle, (bool, np.bool_)):
+            raise ValueError(f"entangle must be True or False, got {entangle!r}")
+        if not entangle and not self.has_entanglers:
+            raise ValueError(
+                f"{type(self).__name__} has no two-qubit gates, so entangle=False has nothing to drop; "
+                "leave entangle=True (its states are product states already)"
+            )
+        self.entangle = bool(entangle)
         self.n_qubits = int(n_qubits)
         self.n_layers = int(n_layers)
         self.wires = tuple(range(self.n_qubits))
@@ -96,8 +109,13 @@ class Circuit:
         return [qml.expval(obs) for obs in self.observables]
 
     def __repr__(self) -> str:
-        measure = "" if self.measure == "Z" else f", measure={self.measure!r}"
-        return f"{type(self).__name__}(n_qubits={self.n_qubits}, n_layers={self.n_layers}{measure})"
+        # Every option that differs from its default, so caches keyed on the repr tell templates apart.
+        options = [
+            f", {p.name}={getattr(self, p.name)!r}"
+            for p in list(inspect.signature(type(self).__init__).parameters.values())[3:]
+            if p.default is not p.empty and getattr(self, p.name, p.default) != p.default
+        ]
+        return f"{type(self).__name__}(n_qubits={self.n_qubits}, n_layers={self.n_layers}{''.join(options)})"
 
     def example_arguments(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Random ``(inputs, weights)`` of the right shapes, angles uniform in [0, 2pi)."""
@@ -125,13 +143,14 @@ class StronglyEntangling(Circuit):
     """``AngleEmbedding`` of the inputs, then ``StronglyEntanglingLayers``.
 
     Weights: (n_layers, n_qubits, 3), the angles of one ``Rot`` per wire and layer,
-    followed by a ring of CNOTs whose range grows with the layer (PennyLane's default).
+    followed by a ring of CNOTs whose range grows with the layer (PennyLane's default; the
+    ``Rot`` gates alone with ``entangle=False``).
     """
 
     name = "strongly_entangling"
 
-    def __init__(self, n_qubits: int, n_layers: int, rotation: str = "X", measure: str = "Z"):
-        super().__init__(n_qubits, n_layers, measure)
+    def __init__(self, n_qubits: int, n_layers: int, rotation: str = "X", measure: str = "Z", entangle: bool = True):
+        super().__init__(n_qubits, n_layers, measure, entangle)
         if rotation not in ("X", "Y", "Z"):
             raise ValueError(f"rotation must be 'X', 'Y' or 'Z', got {rotation!r}")
         self.rotation = rotation
@@ -142,21 +161,29 @@ class StronglyEntangling(Circuit):
 
     def gates(self, inputs, weights) -> None:
         qml.AngleEmbedding(inputs, wires=self.wires, rotation=self.rotation)
-        qml.StronglyEntanglingLayers(weights, wires=self.wires)
+        if self.entangle:
+            qml.StronglyEntanglingLayers(weights, wires=self.wires)
+            return
+        for layer in range(self.n_layers):  # StronglyEntanglingLayers without its CNOTs
+            for w in self.wires:
+                qml.Rot(*(weights[..., layer, w, k] for k in range(3)), wires=w)
 
 
 class HardwareEfficient(Circuit):
     """RY encoding of the inputs, then layers of RY, RZ on every wire and a ring of entanglers.
 
     Weights: (n_layers, n_qubits, 2), the RY and RZ angles of each wire in each layer.
-    The ring is CNOT(i, i+1 mod n) (or CZ) for every wire; a single qubit has no ring.
+    The ring is CNOT(i, i+1 mod n) (or CZ) for every wire; a single qubit, or
+    ``entangle=False``, has no ring.
     These gates run natively on IBM devices after basis translation.
     """
 
     name = "hardware_efficient"
 
-    def __init__(self, n_qubits: int, n_layers: int, entangler: str = "CNOT", measure: str = "Z"):
-        super().__init__(n_qubits, n_layers, measure)
+    def __init__(
+        self, n_qubits: int, n_layers: int, entangler: str = "CNOT", measure: str = "Z", entangle: bool = True
+    ):
+        super().__init__(n_qubits, n_layers, measure, entangle)
         if entangler not in ENTANGLERS:
             raise ValueError(f"entangler must be one of {sorted(ENTANGLERS)}, got {entangler!r}")
         self.entangler = entangler
@@ -171,13 +198,15 @@ class HardwareEfficient(Circuit):
             for w in self.wires:
                 qml.RY(weights[..., layer, w, 0], wires=w)
                 qml.RZ(weights[..., layer, w, 1], wires=w)
-            ring(self.wires, ENTANGLERS[self.entangler])
+            if self.entangle:
+                ring(self.wires, ENTANGLERS[self.entangler])
 
 
 class DataReuploading(Circuit):
     """Inputs encoded again in every layer (Perez-Salinas et al., Quantum 4, 226, 2020).
 
-    Each layer: RX(input_i) on wire i, a trainable ``Rot`` per wire, a ring of CZ.
+    Each layer: RX(input_i) on wire i, a trainable ``Rot`` per wire, a ring of CZ (none
+    with ``entangle=False``).
     Weights: (n_layers, n_qubits, 3). Re-encoding makes the output a Fourier series in
     the inputs with frequencies up to ``n_layers``.
     """
@@ -193,7 +222,8 @@ class DataReuploading(Circuit):
             qml.AngleEmbedding(inputs, wires=self.wires, rotation="X")
             for w in self.wires:
                 qml.Rot(*(weights[..., layer, w, k] for k in range(3)), wires=w)
-            ring(self.wires, qml.CZ)
+            if self.entangle:
+                ring(self.wires, qml.CZ)
 
 
 def ring(wires: tuple[int, ...], gate) -> None:
@@ -209,12 +239,13 @@ def ring(wires: tuple[int, ...], gate) -> None:
 TEMPLATES = {cls.name: cls for cls in (StronglyEntangling, HardwareEfficient, DataReuploading)}
 
 
-def make_circuit(name: str, n_qubits: int, n_layers: int, measure: str = "Z") -> Circuit:
-    """Build a template by its name in ``TEMPLATES``.
+def make_circuit(name: str, n_qubits: int, n_layers: int, measure: str = "Z", entangle: bool = True) -> Circuit:
+    """Build a template by its name in ``TEMPLATES``; ``entangle=False`` drops its two-qubit gates.
 
     Raises:
-        ValueError: the name or ``measure`` is unknown (the message lists the known ones).
+        ValueError: the name or ``measure`` is unknown (the message lists the known ones), or
+            ``entangle=False`` on a template with no two-qubit gates.
     """
     if name not in TEMPLATES:
         raise ValueError(f"unknown circuit {name!r}; choose one of: {', '.join(sorted(TEMPLATES))}")
-    return TEMPLATES[name](n_qubits, n_layers, measure=measure)
+    return TEMPLATES[name](n_qubits, n_layers, measure=measure, entangle=entangle)

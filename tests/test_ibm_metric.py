@@ -112,3 +112,16 @@ def test_qng_on_a_fake_device_sends_one_job_per_step_and_follows_the_statevector
     assert [len(pubs) for pubs in sent[2:]] == [2 + len(MetricEstimate(hardware.program).layers)] * 3
     with pytest.raises(InputError, match="full metric cannot be estimated on fake_manila"):
         hybrid.optim.QNG([hardware], lr=0.1, approx=None)
+
+
+@pytest.mark.parametrize("name", ALL_TEMPLATES)
+def test_estimator_and_exact_metric_share_one_layer_grouping(name):
+    from hybrid.ibm.metric import metric_layers
+    from hybrid.optim.metric import layer_labels
+
+    program = circuits.compile_circuit(circuits.make_circuit(name, 3, 2))
+    trainable = np.flatnonzero(program.weight_angles)
+    labels = layer_labels(program, trainable)
+    layers = metric_layers(program)
+    assert [list(layer.angles) for layer in layers] == [trainable[labels == k].tolist() for k in range(len(layers))]
+    assert [layer.gates for layer in layers] == [layer.before for layer in program.layers]

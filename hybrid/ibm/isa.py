@@ -5,10 +5,11 @@
     pub = (isa.circuit, [isa.observables(ops)], isa.values(angles)[:, None, :])
 
 Angles, not inputs and weights, are the circuit's parameters: every angle is one rotation
-(RX, RY, RZ, PhaseShift), so parameter shifts are +-pi/2 on single parameters and the chain
-rule back to inputs and weights, ``angles = inputs @ input_coeffs.T + weights @ weight_coeffs.T
-+ offsets``, is a matrix product in torch. The transpiler may reorder or drop parameters:
-``IsaCircuit.columns`` maps the circuit's parameters back to angle indices.
+(RX, RY, RZ, PhaseShift), so parameter shifts (``circuits.GATES[name].shift_rule``) act on
+single parameters and the chain rule back to inputs and weights, ``angles = inputs @
+input_coeffs.T + weights @ weight_coeffs.T + offsets``, is a matrix product in torch. The
+transpiler may reorder or drop parameters: ``IsaCircuit.columns`` maps the circuit's
+parameters back to angle indices.
 
 The first transpile picks the physical qubits; later ones (other circuits of the same layer,
 a resumed run) pass them as ``layout``, so every job of a run uses the same qubits.
@@ -20,21 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.program import QISKIT_NAMES, GateProgram
+from circuits.program import GateProgram, qiskit_circuit
 
 
 def angle_circuit(program: GateProgram, gates: list[int] | None = None):
     """``program``'s gates (or the subset with indices ``gates``, in order) as a
     ``QuantumCircuit`` whose angle ``j`` is ``ParameterVector("theta", n_angles)[j]``."""
-    from qiskit.circuit import ParameterVector, QuantumCircuit
+    from qiskit.circuit import ParameterVector
 
-    theta = ParameterVector("theta", program.n_angles)
-    qc = QuantumCircuit(program.n_qubits)
-    for index in range(len(program.gates)) if gates is None else gates:
-        gate = program.gates[index]
-        args = [theta[gate.angle]] if gate.angle is not None else []
-        getattr(qc, QISKIT_NAMES[gate.name])(*args, *gate.wires)
-    return qc
+    return qiskit_circuit(program, ParameterVector("theta", program.n_angles), gates)
 
 
 @dataclass(frozen=True)

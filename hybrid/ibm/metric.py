@@ -8,8 +8,8 @@ generators on the state just before the layer,
 
 and the metric of the weights is :math:`G = \frac1N \sum_n W^\top g(x_n) W` with
 ``W = program.weight_coeffs`` (angles are affine in the weights), averaged over the N inputs.
-Layers are formed as in PennyLane's ``qml.metric_tensor(approx="block-diag")``: trainable
-rotations in gate order, a new layer whenever a rotation depends on one in the current layer.
+Layers are PennyLane's parametrized layers, as compilation stored them in
+``GateProgram.layers`` (the blocks of ``qml.metric_tensor(approx="block-diag")``).
 Each layer is one PUB: the gates in the past light cone of the layer, measured on
 :math:`P_j` and :math:`P_j P_k`; all layers go out in one job.
 """
@@ -20,11 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.program import GateProgram
+from circuits import GATES, GateProgram
 from hybrid.ibm.jobs import JobResult
 from hybrid.ibm.runtime import Pub, measurement_settings
-
-GENERATORS = {"RX": "X", "RY": "Y", "RZ": "Z", "PhaseShift": "Z"}  # e^{-i theta P / 2}, up to a phase
 
 
 @dataclass(frozen=True)
@@ -40,35 +38,15 @@ class MetricLayer:
 
 def metric_layers(program: GateProgram) -> list[MetricLayer]:
     """The layers of the trainable rotations (angles that depend on the weights)."""
-    trainable = np.any(program.weight_coeffs != 0, axis=1)
-    ancestors: list[set[int]] = []  # per gate: every earlier gate it depends on
-    last_on_wire: dict[int, int] = {}
-    for i, gate in enumerate(program.gates):
-        deps = set()
-        for w in gate.wires:
-            if w in last_on_wire:
-                deps |= {last_on_wire[w]} | ancestors[last_on_wire[w]]
-        ancestors.append(deps)
-        for w in gate.wires:
-            last_on_wire[w] = i
-    blocks: list[list[int]] = []  # gate indices per layer
-    for i, gate in enumerate(program.gates):
-        if gate.angle is None or not trainable[gate.angle]:
-            continue
-        if gate.name not in GENERATORS:
-            raise ValueError(f"gate {gate.name} has no single-Pauli generator")
-        if not blocks or any(j in ancestors[i] for j in blocks[-1]):
-            blocks.append([])
-        blocks[-1].append(i)
-    layers = []
-    for block in blocks:
-        before = sorted(set().union(*(ancestors[i] for i in block)))
-        layers.append(MetricLayer(
-            angles=tuple(program.gates[i].angle for i in block),
-            generators=tuple((program.gates[i].wires[0], GENERATORS[program.gates[i].name]) for i in block),
-            gates=tuple(before),
-        ))  # fmt: skip
-    return layers
+    # A gate's generator is P/2 plus a multiple of the identity, which no covariance sees.
+    return [
+        MetricLayer(
+            angles=tuple(program.gates[i].angle for i in layer.gates),
+            generators=tuple((program.gates[i].wires[0], GATES[program.gates[i].name].pauli) for i in layer.gates),
+            gates=layer.before,
+        )
+        for layer in program.layers
+    ]
 
 
 def layer_observables(layer: MetricLayer, n_qubits: int) -> list:

@@ -30,7 +30,7 @@ import numpy as np
 import pennylane as qml
 import torch
 
-from circuits import GateProgram, UnsupportedCircuit, compile_circuit
+from circuits import GATES, GateProgram, UnsupportedCircuit, compile_circuit
 from hybrid.errors import InputError
 from hybrid.sim.statevector import final_state
 
@@ -184,8 +184,12 @@ def exact_metric(program: GateProgram, inputs: torch.Tensor, weights: torch.Tens
 @lru_cache(maxsize=64)
 def _shift_program(program: GateProgram):
     """The program with one extra input per weight-dependent angle (the shift), and facts about
-    those angles: (angle indices (K,), shifted program, is PhaseShift (K,), layer labels (K,))."""
-    trainable = np.flatnonzero(np.any(program.weight_coeffs != 0, axis=1))
+    those angles: (angle indices (K,), shifted program, is PhaseShift (K,), layer labels (K,)).
+
+    "Is PhaseShift": the gate's generator P/2 + c I has c != 0 (``circuits.GATES``), so its
+    derivative from the state shifted by pi is i (R - R(theta + pi)) / 2, not R(theta + pi) / 2.
+    """
+    trainable = np.flatnonzero(program.weight_angles)
     K = len(trainable)
     select = np.zeros((program.n_angles, K))
     select[trainable, np.arange(K)] = 1.0
@@ -195,38 +199,20 @@ def _shift_program(program: GateProgram):
         input_coeffs=np.hstack([program.input_coeffs, select]),
         observables=(),
     )
-    name_of = {g.angle: g.name for g in program.gates if g.angle is not None}
-    is_phase = np.array([name_of[a] == "PhaseShift" for a in trainable], dtype=bool)
+    phase_of = {g.angle: GATES[g.name].phase for g in program.gates if g.angle is not None}
+    is_phase = np.array([phase_of[a] != 0 for a in trainable], dtype=bool)
     return trainable, shifted, is_phase, layer_labels(program, trainable)
 
 
 def layer_labels(program: GateProgram, trainable: np.ndarray) -> np.ndarray:
-    """PennyLane's parametrized layers: label (K,) of each trainable angle, in gate order.
+    """PennyLane's parametrized layers (``GateProgram.layers``, grouped at compile time): the
+    label (K,) of each of the weight-dependent angles ``trainable`` (K,), in gate order.
 
-    As ``CircuitGraph.parametrized_layers`` builds them: walk the trainable gates in order and
-    start a new layer when the gate depends (through a path on the wires) on a gate of the
-    current one. Gates of one layer act on disjoint wires, so their generators commute and
-    their block of the metric is a covariance on the state before the layer.
+    Gates of one layer act on disjoint wires, so their generators commute and their block of
+    the metric is a covariance on the state before the layer.
     """
-    ancestors: list[int] = []  # bit mask of the gates each gate depends on
-    last_on_wire: dict[int, int] = {}
-    for i, gate in enumerate(program.gates):
-        mask = 0
-        for w in gate.wires:
-            if w in last_on_wire:
-                j = last_on_wire[w]
-                mask |= ancestors[j] | (1 << j)
-            last_on_wire[w] = i
-        ancestors.append(mask)
-    gate_of = {g.angle: i for i, g in enumerate(program.gates) if g.angle is not None}
-    labels, current, label = np.zeros(len(trainable), dtype=int), 0, 0
-    for k, angle in enumerate(trainable):
-        i = gate_of[int(angle)]
-        if ancestors[i] & current:
-            label, current = label + 1, 0
-        current |= 1 << i
-        labels[k] = label
-    return labels
+    label_of = {program.gates[i].angle: k for k, layer in enumerate(program.layers) for i in layer.gates}
+    return np.array([label_of[int(angle)] for angle in trainable], dtype=int)
 
 
 # --- pennylane: qml.metric_tensor on the autograd interface --------------------------------
