@@ -12,9 +12,9 @@ from torch import nn
 from hybrid.cli import main
 from hybrid.config import ModelConfig
 from hybrid.errors import InputError
-from hybrid.optim.kfac import KFAC, KFACPreconditioner
 from hybrid.models import HybridGPT
 from hybrid.optim import HybridOptimizer, build_optimizer
+from hybrid.optim.kfac import KFAC, KFACPreconditioner, KFACSettings
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
 from tests.conftest import ClassesFirst, tiny_config
@@ -396,10 +396,10 @@ def test_cli_trains_with_kfac(tmp_path, capsys):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.3
     assert 0 < rows[-1]["kfac_kl_scale"] <= 1 and rows[-1]["kfac_fallbacks"] == 0
     assert main(["train", "--resume", str(out), "--steps", "45", "--quiet", "--set", "optim.fisher=mc"]) == 2
-    assert "changed config (optim.fisher)" in capsys.readouterr().err
-    for flag, message in [("optim.fisher=true", "optim.fisher must be one of empirical, mc"),
+    assert "changed config (optim.kfac.fisher)" in capsys.readouterr().err
+    for flag, message in [("optim.fisher=true", "optim.kfac.fisher must be one of empirical, mc"),
                           ("optim.kfac_exclude=lm_haed", "kfac_exclude pattern(s) ['lm_haed'] match no module"),
-                          ("optim.kfac_damping=0", "optim.kfac_damping and optim.kfac_lr must be > 0")]:  # fmt: skip
+                          ("optim.kfac_damping=0", "optim.kfac.damping must be a finite number > 0")]:  # fmt: skip
         assert main(["train", "--optimizer", "kfac", "--out", str(tmp_path / "bad"), "--set", flag, "--quiet"]) == 2
         assert message in capsys.readouterr().err
 
@@ -435,3 +435,135 @@ def test_hybrid_optimizer_refuses_a_second_owner_of_a_kfac_parameter():
     kfac = KFACPreconditioner(model)
     with pytest.raises(ValueError, match="is owned by both 'kfac' and 'other'"):
         HybridOptimizer(model, [("kfac", kfac, 0.1), ("other", KFACPreconditioner(model), 0.1)])
+
+
+def adam_oracle(params, betas=(0.9, 0.99), eps=1e-8):
+    """torch.optim.Adam at lr 1 on zero tensors shaped like ``params``: fed a gradient, minus the
+    parameter after its step is Adam's direction for that gradient."""
+    shadows = [torch.zeros_like(p, requires_grad=True) for p in params]
+    adam = torch.optim.Adam(shadows, lr=1.0, betas=betas, eps=eps)
+
+    def direction(grads):
+        with torch.no_grad():
+            for s, g in zip(shadows, grads, strict=True):
+                s.zero_()
+                s.grad = g.clone()
+        adam.step()
+        return [-s.detach().clone() for s in shadows]
+
+    return direction
+
+
+def test_grafted_updates_are_kfacs_direction_with_adamws_per_layer_norm():
+    model = mlp(bias_last=False)
+    grafted = KFACPreconditioner(model, graft=True, curvature_every=2, inverse_every=3, beta2=0.95)
+    plain = KFACPreconditioner(model, curvature_every=2, inverse_every=3, kl_clip=0.0)  # same hooks, same factors
+    oracle = adam_oracle(grafted.params, betas=(0.9, 0.95))
+    for step in range(7):
+        x, y = data("mlp", seed=step)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad.clone() for p in grafted.params]
+        grafted.precondition(lr=3e-3)
+        ours = [p.grad.clone() for p in grafted.params]
+        for p, g in zip(plain.params, grads, strict=True):
+            p.grad.copy_(g)
+        plain.precondition(lr=3e-3)
+        natural = [p.grad.clone() for p in plain.params]
+        adam = oracle(grads)
+        for name in grafted.layers:
+            idx = [i for i, owner in enumerate(grafted._owner) if owner == name]
+            norm = torch.cat([adam[i].flatten() for i in idx]).norm()
+            got = torch.cat([ours[i].flatten() for i in idx])
+            direction = torch.cat([natural[i].flatten() for i in idx])
+            torch.testing.assert_close(got.norm(), norm, rtol=1e-10, atol=0)
+            torch.testing.assert_close(got, direction * (norm / direction.norm()), rtol=0, atol=1e-10 * norm.item())
+        assert abs(grafted.stats()["kfac_kl_scale"] - 1) == 0  # no clip with graft
+        with torch.no_grad():
+            for p, u in zip(grafted.params, ours, strict=True):
+                p -= 0.05 * u
+
+
+def test_adam_steps_are_adamw_with_factors_every_step_then_kfac_starts():
+    a = mlp()
+    b = mlp()
+    opt = KFAC(a, lr=0.01, graft=True, adam_steps=4, curvature_every=10, inverse_every=10)
+    reference = torch.optim.Adam(b.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-8)
+    kfac = opt.kfac
+    seen = []
+    for step in range(6):
+        x, y = data("mlp", seed=step)
+        for model, optimizer in ((a, opt), (b, reference)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        A = kfac.factors()["2"][0].clone()
+        seen.append(A)
+        if step < 4:  # AdamW's steps, and the factors take every batch
+            for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+                torch.testing.assert_close(pa, pb, atol=1e-10, rtol=0)
+            assert not kfac._decomposed
+            assert step == 0 or not torch.equal(A, seen[-2])
+    assert torch.equal(seen[4], seen[3]) and torch.equal(seen[5], seen[4])  # step 4, 5: not curvature steps
+    QA, lA = kfac._decomposed["2"]["QA"], kfac._decomposed["2"]["lA"]  # decomposed when K-FAC began (step 4)
+    torch.testing.assert_close(QA @ torch.diag(lA) @ QA.T, seen[3], atol=1e-12, rtol=0)
+    assert max((pa - pb).abs().max() for pa, pb in zip(a.parameters(), b.parameters(), strict=True)) > 1e-4
+
+
+def test_graft_and_adam_steps_round_trip_continues_the_same_trajectory():
+    settings = {"lr": 0.01, "momentum": 0.9, "graft": True, "adam_steps": 3, "curvature_every": 2, "inverse_every": 3}
+
+    def run(model, opt, steps):
+        for step in steps:
+            x, y = data("mlp", seed=step)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    a = mlp()
+    opt_a = KFAC(a, **settings)
+    run(a, opt_a, range(2))  # inside the Adam phase
+    buffer = io.BytesIO()
+    torch.save({"model": a.state_dict(), "opt": opt_a.state_dict()}, buffer)
+    run(a, opt_a, range(2, 9))
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    torch.manual_seed(5)
+    b = nn.Sequential(nn.Linear(5, 6), nn.ReLU(inplace=True), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, V)).double()
+    b.load_state_dict(saved["model"])
+    opt_b = KFAC(b, **settings)
+    opt_b.load_state_dict(saved["opt"])
+    run(b, opt_b, range(2, 9))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grafted_kfac_trains_a_tiny_gpt_without_nan(seed):
+    torch.manual_seed(seed)
+    model = HybridGPT(ModelConfig(n_embd=8, n_head=2, n_layer=1, block_size=6, quantum="none"), V)
+    opt = KFAC(model, lr=3e-3, graft=True, adam_steps=20)
+    rest = [p for p in model.parameters() if all(p is not q for q in opt.kfac.params)]
+    adamw = torch.optim.AdamW(rest, lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(200):
+        x = torch.randint(0, V, (4, 6), generator=g)
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, V), ((x + 1) % V).reshape(-1))
+        model.zero_grad()
+        loss.backward()
+        opt.step()
+        adamw.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and all(torch.isfinite(p).all() for p in model.parameters())
+    assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+
+
+def test_graft_and_adam_steps_settings_are_validated():
+    kwargs = KFACSettings(graft=True, adam_steps=5, beta2=0.9).preconditioner_kwargs()
+    kfac = KFACPreconditioner(mlp(), **kwargs)
+    assert kfac.graft and kfac.adam_steps == 5 and kfac.betas == (0.9, 0.9)
+    for bad, message in [({"adam_steps": -1}, "adam_steps"), ({"beta1": 1.0}, "beta1"), ({"eps": -1e-8}, "eps"),
+                         ({"graft": 1}, "graft")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            KFACSettings(**bad).validate()

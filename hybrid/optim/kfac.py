@@ -8,6 +8,8 @@ layer is in ``hybrid.optim.kfac_blocks``.
         every curvature_every steps:   A <- ema A + (1 - ema) A_batch,   G <- ema G + (1 - ema) G_batch
         every inverse_every steps:     eigendecompose A and G (or Cholesky-invert their damped forms)
         every step:                    grad <- nu (G (x) A + damping I)^-1 grad,  nu = KL clip (<= 1)
+        graft:                         each layer's update rescaled to the norm of AdamW's (lr in AdamW units)
+        steps < adam_steps:            grad <- AdamW's direction; factors every step, decomposed when K-FAC starts
 
 Weights and biases are one matrix ``[W | b]`` of shape (d_out, d_in + 1), flattened row-major
 as PyTorch stores ``W``; its curvature block is ``kron(G, A)``. Hooks are registered in one
@@ -31,7 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.optim.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+from hybrid.optim.kfac_blocks import (
+    adam_direction,
+    batch_factors,
+    decompose,
+    eigen_precondition,
+    factored_damping,
+    inverse_precondition,
+)
 from hybrid.optim.preconditioned import PreconditionedSGD
 
 FISHERS = ("empirical", "mc")
@@ -55,11 +64,16 @@ class KFACSettings:
     curvature_ema: float = 0.95  # weight of the old factors in their running average
     approx: str = "expand"  # expand (every token a sample) or reduce (sum over the sequence first)
     fisher: str = "empirical"  # empirical (training gradients) or mc (one extra backward with sampled labels)
-    kl_clip: float = 3e-2  # bound on s^T (F + damping) s (about 2 KL) of each step s; 0 disables
+    kl_clip: float = 3e-2  # bound on s^T (F + damping) s (about 2 KL) of each step s; 0 disables; moot with graft
     inverse: str = "eigh"  # eigh (exact damping) or cholesky (factored damping, cheaper on big factors)
     exclude: str = ""  # comma-separated module names or fnmatch patterns left to AdamW, e.g. lm_head
     max_dim: int = 2048  # layers with a wider factor (a large-vocabulary head) are left to AdamW
     to_angles: bool = False  # K-FAC on the to_angles layer before a circuit's pi*tanh; off: AdamW trains it
+    graft: bool = False  # rescale each layer's update to the norm of AdamW's (then lr is in AdamW units, ~3e-3)
+    adam_steps: int = 0  # first steps take AdamW's direction while the factors fill (every step); lr in AdamW units
+    beta1: float = 0.9  # Adam's first-moment decay, for graft and adam_steps
+    beta2: float = 0.99  # Adam's second-moment decay, for graft and adam_steps
+    eps: float = 1e-8  # Adam's eps, for graft and adam_steps
 
     def validate(self, prefix: str = "optim.kfac.") -> KFACSettings:
         """Raise InputError naming ``prefix + key`` for the first setting out of range."""
@@ -68,8 +82,13 @@ class KFACSettings:
         check_number(f"{prefix}damping", self.damping, low=0, low_open=True)
         for key in ("curvature_every", "inverse_every", "max_dim"):
             check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
-        check_number(f"{prefix}curvature_ema", self.curvature_ema, low=0, high=1, high_open=True)
+        for key in ("curvature_ema", "beta1", "beta2"):
+            check_number(f"{prefix}{key}", getattr(self, key), low=0, high=1, high_open=True)
         check_number(f"{prefix}kl_clip", self.kl_clip, low=0)
+        check_number(f"{prefix}adam_steps", self.adam_steps, low=0, integer=True)
+        check_number(f"{prefix}eps", self.eps, low=0)
+        if not isinstance(self.graft, bool):
+            raise InputError(f"{prefix}graft must be true or false, got {self.graft!r}")
         check_choice(f"{prefix}approx", self.approx, KFAC_APPROX)
         check_choice(f"{prefix}fisher", self.fisher, FISHERS)
         check_choice(f"{prefix}inverse", self.inverse, INVERSES)
@@ -158,7 +177,20 @@ class KFACPreconditioner:
     ``(G + sqrt(damping)/pi I) (x) (A + pi sqrt(damping) I)`` with pi = sqrt((tr A / d_A) /
     (tr G / d_G)) (Martens & Grosse 2015, sec. 6.3). A factor that is not finite or fails to
     decompose keeps its previous decomposition (counted in ``stats()["kfac_fallbacks"]``); a
-    layer with none yet passes its gradient through unchanged.
+    layer with none yet passes its gradient through unchanged (with ``graft``: AdamW's direction).
+
+    Two aids borrowed from Shampoo (grafting, ``start_preconditioning_step``), both driven by
+    Adam moments of each owned parameter kept here (bias-corrected, ``beta1``, ``beta2``, ``eps``;
+    no weight decay: that is the SGD step's):
+
+    - ``graft``: each layer's update ``[dW | db]`` is rescaled to the Frobenius norm of AdamW's
+      direction ``m^ / (sqrt(v^) + eps)`` for that layer, so K-FAC picks the direction and Adam
+      the step length; the SGD lr is then in AdamW's units (~3e-3, not 1.0) and the KL clip
+      has no effect (it is skipped).
+    - ``adam_steps``: the first ``adam_steps`` steps write AdamW's direction instead, while the
+      factors are updated on every one of them (not every ``curvature_every``), and decomposed
+      at step ``adam_steps``: K-FAC starts from factors that have seen ``adam_steps`` batches.
+      The lr must suit both phases, so use it with ``graft`` (or an lr in AdamW's units).
 
     Defaults are ``KFACSettings``'s, so the Python API and ``hybrid train`` agree.
 
@@ -176,6 +208,7 @@ class KFACPreconditioner:
             the KL divergence) of the step ``s = lr nu Delta``; 0 disables the clip.
         inverse: ``"eigh"`` or ``"cholesky"``.
         exclude, max_dim: see ``kfac_layers``.
+        graft, adam_steps, beta1, beta2, eps: see above.
         seed: seeds the label sampling of ``fisher="mc"``.
 
     Raises:
@@ -196,17 +229,27 @@ class KFACPreconditioner:
         inverse: str = _DEFAULT.inverse,
         exclude: Iterable[str] = (),
         max_dim: int = _DEFAULT.max_dim,
+        graft: bool = _DEFAULT.graft,
+        adam_steps: int = _DEFAULT.adam_steps,
+        beta1: float = _DEFAULT.beta1,
+        beta2: float = _DEFAULT.beta2,
+        eps: float = _DEFAULT.eps,
         seed: int = 0,
     ):
         KFACSettings(damping=damping, curvature_every=curvature_every, inverse_every=inverse_every,
                      curvature_ema=curvature_ema, approx=approx, fisher=fisher, kl_clip=kl_clip, inverse=inverse,
-                     max_dim=max_dim).validate(prefix="")  # fmt: skip
+                     max_dim=max_dim, graft=graft, adam_steps=adam_steps, beta1=beta1, beta2=beta2,
+                     eps=eps).validate(prefix="")  # fmt: skip
         kfac_approx = approx
         self.damping, self.curvature_every, self.inverse_every = damping, curvature_every, inverse_every
         self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
         self.kl_clip, self.inverse = kl_clip, inverse
+        self.graft, self.adam_steps, self.betas, self.eps = graft, adam_steps, (beta1, beta2), eps
         self.layers, self.excluded = kfac_layers(model, exclude, max_dim)
-        self.params = [p for m in self.layers.values() for p in (m.weight, m.bias) if p is not None and p.requires_grad]
+        owned = [(name, p) for name, m in self.layers.items() for p in (m.weight, m.bias)
+                 if p is not None and p.requires_grad]  # fmt: skip
+        self.params = [p for _, p in owned]
+        self._owner = [name for name, _ in owned]  # the layer of each of params
         self.steps = 0  # precondition() calls so far
         self.fallbacks = 0
         self.generator = torch.Generator().manual_seed(seed)  # CPU: same labels on any device
@@ -215,6 +258,7 @@ class KFACPreconditioner:
         self._decomposed: dict[str, dict[str, torch.Tensor]] = {}  # name -> {"QA", "lA", ...} or {"A_inv", ...}
         self._batched: list[tuple[list[str], tuple[torch.Tensor, ...]]] = []  # stacked per shape, for bmm
         self._kl_scale = torch.ones(())
+        self._adam: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # index in params -> (m, v, steps)
         self._sampling = False
         self._inputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
         self._grads: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.layers}  # forward index -> grad
@@ -226,7 +270,7 @@ class KFACPreconditioner:
     # -- hooks: the only hidden control flow; raw tensors only, nothing off curvature steps ----------
 
     def _curvature_due(self) -> bool:
-        return self.steps % self.curvature_every == 0
+        return self.steps < self.adam_steps or self.steps % self.curvature_every == 0
 
     def _save_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
         if not (self._curvature_due() and torch.is_grad_enabled() and output.requires_grad):
@@ -292,10 +336,29 @@ class KFACPreconditioner:
             self._update_factors(self._batch_factors())
         for captured in (*self._inputs.values(), *self._grads.values()):
             captured.clear()
-        if self.steps % self.inverse_every == 0 and self.A:
-            self._decompose()
-        self._precondition_grads(lr)
+        adam = self._adam_directions() if self.graft or self.steps < self.adam_steps else None
+        if self.steps < self.adam_steps:
+            for p, direction in zip(self.params, adam, strict=True):
+                if direction is not None:
+                    p.grad.copy_(direction)
+        else:
+            if (self.steps % self.inverse_every == 0 or self.steps == self.adam_steps) and self.A:
+                self._decompose()
+            self._precondition_grads(lr, adam)
         self.steps += 1
+
+    def _adam_directions(self) -> list[torch.Tensor | None]:
+        """Update the Adam moments of every owned parameter with its gradient; AdamW's
+        direction (without decay) per parameter, None where it has no gradient."""
+        directions = []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                directions.append(None)
+                continue
+            m, v, t = self._adam.get(i, (torch.zeros_like(p), torch.zeros_like(p), 0))
+            self._adam[i] = (m, v, t + 1)
+            directions.append(adam_direction(p.grad, m, v, t + 1, *self.betas, self.eps))
+        return directions
 
     def _batch_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """This step's A and G per layer: the one place where data-parallel training would
@@ -371,7 +434,7 @@ class KFACPreconditioner:
                 ops = (torch.stack([e["G_inv"] for e in entries]), torch.stack([e["A_inv"] for e in entries]))
             self._batched.append((names, ops))
 
-    def _precondition_grads(self, lr: float) -> None:
+    def _precondition_grads(self, lr: float, adam: list[torch.Tensor | None] | None = None) -> None:
         apply = eigen_precondition if self.inverse == "eigh" else inverse_precondition
         done, vg = [], torch.zeros((), dtype=torch.float64)
         for names, ops in self._batched:
@@ -387,16 +450,34 @@ class KFACPreconditioner:
             done.append(([names[i] for i in idx], update))
         # KL clip (Ba et al. 2017): lr^2 <update, grad> = s^T (F + damping) s of the step s = lr update, ~2 KL
         scale = torch.ones((), dtype=torch.float64, device=vg.device)
-        if self.kl_clip > 0 and lr > 0:
+        if self.kl_clip > 0 and lr > 0 and not self.graft:
             scale = torch.where(vg > 0, (self.kl_clip / (lr**2 * vg)).sqrt().clamp(max=1.0), scale)
         for names, update in done:
             update.mul_(scale.to(update.dtype))
+            if self.graft:  # Frobenius norm of each layer's update := that of AdamW's direction for it
+                norm = update.flatten(1).norm(dim=1)  # (k,)
+                target = torch.stack([self._adam_norm(n, adam) for n in names]).to(norm)  # (k,)
+                update.mul_(torch.where(norm > 0, target / norm, 1.0)[:, None, None])
             for name, u in zip(names, update, strict=True):
-                layer = self.layers[name]
-                layer.weight.grad.copy_(u[:, : layer.in_features])
-                if layer.bias is not None and layer.bias.grad is not None:
-                    layer.bias.grad.copy_(u[:, layer.in_features])
+                self._write(name, u)
+        if self.graft:  # layers without a decomposition yet: AdamW's direction, not the raw gradient
+            written = {name for names, _ in done for name in names}
+            for i, p in enumerate(self.params):
+                if adam[i] is not None and self._owner[i] not in written:
+                    p.grad.copy_(adam[i])
         self._kl_scale = scale
+
+    def _adam_norm(self, name: str, adam: list[torch.Tensor | None]) -> torch.Tensor:
+        """Frobenius norm of AdamW's direction for layer ``name``'s ``[W | b]``."""
+        parts = [adam[i] for i, owner in enumerate(self._owner) if owner == name and adam[i] is not None]
+        return torch.stack([d.square().sum() for d in parts]).sum().sqrt()
+
+    def _write(self, name: str, update: torch.Tensor) -> None:
+        """(d_out, d_a) update -> the layer's ``weight.grad`` and ``bias.grad``."""
+        layer = self.layers[name]
+        layer.weight.grad.copy_(update[:, : layer.in_features])
+        if layer.bias is not None and layer.bias.grad is not None:
+            layer.bias.grad.copy_(update[:, layer.in_features])
 
     def _grad_matrix(self, name: str) -> torch.Tensor | None:
         layer = self.layers[name]
@@ -426,6 +507,7 @@ class KFACPreconditioner:
             "A": dict(self.A), "G": dict(self.G),
             "decomposed": {name: dict(entry) for name, entry in self._decomposed.items()},
             "generator": self.generator.get_state(), "kl_scale": float(self._kl_scale),
+            "adam": {i: (m, v, t) for i, (m, v, t) in self._adam.items()},
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -445,6 +527,9 @@ class KFACPreconditioner:
         self._decomposed = {n: {k: to(n, t) for k, t in e.items()} for n, e in state["decomposed"].items()}
         self.generator.set_state(state["generator"])
         self._kl_scale = torch.tensor(float(state["kl_scale"]), dtype=torch.float64)
+        devices = [p.device for p in self.params]
+        self._adam = {int(i): (m.to(devices[int(i)], copy=True), v.to(devices[int(i)], copy=True), int(t))
+                      for i, (m, v, t) in state.get("adam", {}).items()}  # fmt: skip
         self._batch_decompositions()
 
 
