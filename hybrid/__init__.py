@@ -3,21 +3,33 @@
 import circuits, hybrid
 layer = hybrid.QuantumLayer(circuits.StronglyEntangling(4, 2))   # (..., 4) -> (..., 4)
 model = hybrid.HybridGPT(hybrid.ModelConfig(quantum="head"), vocab_size=27)
+opt = hybrid.build_optimizer(model, hybrid.OptimConfig(name="hybrid"))   # K-FAC + QNG + AdamW
+
+The names users write in their own code; everything else lives in its layer (see README,
+Architecture): ``hybrid.optim`` (preconditioners, the optimizer, the registry), ``hybrid.train``,
+``hybrid.diagnostics``, ``hybrid.hf``.
 """
 
 from hybrid.backends import BACKENDS as BACKENDS
+from hybrid.backends import ExecutionConfig as ExecutionConfig
 from hybrid.backends import get_backend as get_backend
-from hybrid.config import CircuitConfig as CircuitConfig
 from hybrid.config import Config as Config
-from hybrid.config import ModelConfig as ModelConfig
 from hybrid.config import load_config as load_config
 from hybrid.errors import InputError as InputError
-from hybrid.optim.metric import metric_tensor as metric_tensor
 from hybrid.models import HybridGPT as HybridGPT
+from hybrid.models import ModelConfig as ModelConfig
 from hybrid.models import QuantumProjection as QuantumProjection
+from hybrid.optim import KFAC as KFAC
+from hybrid.optim import QNG as QNG
+from hybrid.optim import HybridOptimizer as HybridOptimizer
+from hybrid.optim import OptimConfig as OptimConfig
+from hybrid.optim import build_optimizer as build_optimizer
+from hybrid.optim import metric_tensor as metric_tensor
+from hybrid.quantum import CircuitConfig as CircuitConfig
 from hybrid.quantum import QuantumLayer as QuantumLayer
 
 __all__ = [
-    "BACKENDS", "CircuitConfig", "Config", "HybridGPT", "InputError", "ModelConfig",
-    "QuantumLayer", "QuantumProjection", "get_backend", "load_config", "metric_tensor",
+    "BACKENDS", "KFAC", "QNG", "CircuitConfig", "Config", "ExecutionConfig", "HybridGPT", "HybridOptimizer",
+    "InputError", "ModelConfig", "OptimConfig", "QuantumLayer", "QuantumProjection", "build_optimizer",
+    "get_backend", "load_config", "metric_tensor",
 ]  # fmt: skip

@@ -188,10 +188,10 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 SUBMIT_FLAGS = {
-    "backend": "circuit.backend", "steps": "train.steps", "shots": "circuit.shots", "mode": "circuit.mode",
-    "noise": "circuit.noise", "resilience_level": "circuit.resilience_level", "twirling": "circuit.twirling",
-    "dd": "circuit.dd", "optimization_level": "circuit.optimization_level",
-    "max_execution_time": "circuit.max_execution_time", "timeout": "circuit.result_timeout", "seed": "train.seed",
+    "backend": "circuit.backend", "steps": "train.steps", "shots": "execution.shots", "mode": "execution.mode",
+    "noise": "execution.noise", "resilience_level": "execution.resilience_level", "twirling": "execution.twirling",
+    "dd": "execution.dd", "optimization_level": "execution.optimization_level",
+    "max_execution_time": "execution.max_execution_time", "timeout": "execution.result_timeout", "seed": "train.seed",
 }  # fmt: skip
 
 

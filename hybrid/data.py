@@ -13,8 +13,21 @@ from pathlib import Path
 import torch
 
 from hybrid import corpus
-from hybrid.config import DataConfig
-from hybrid.errors import InputError
+from hybrid.errors import InputError, check_number
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: what text the model trains on."""
+
+    path: str = ""  # a UTF-8 text file; "" uses the built-in corpus (hybrid.corpus)
+    corpus_chars: int = 150_000  # size of the built-in corpus in characters
+    val_fraction: float = 0.1  # the last part of the text, held out for validation
+
+    def validate(self, prefix: str = "data.") -> DataConfig:
+        check_number(f"{prefix}corpus_chars", self.corpus_chars, low=1, integer=True)
+        check_number(f"{prefix}val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
+        return self
 
 
 class CharTokenizer:

@@ -33,17 +33,21 @@ def check_number(
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if below or above or not math.isfinite(value):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        if high == math.inf and low == -math.inf:
-            wanted = ""
-        elif high == math.inf:
-            wanted = f"> {low:g}" if low_open else f">= {low:g}"
-        elif low == -math.inf:
-            wanted = f"< {high:g}" if high_open else f"<= {high:g}"
-        else:
-            wanted = f"in {lo}{low:g}, {high:g}{hi}"
-        raise InputError(f"{key} must be {kind}{' ' if wanted else ''}{wanted}, got {value:g}")
+        raise InputError(f"{key} must {_interval(low, high, low_open, high_open, integer)}, got {value!r}")
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool, integer: bool) -> str:
+    if high == math.inf and low == -math.inf:
+        return "be a finite number"
+    if high == math.inf:
+        if integer and not low_open:
+            return f"be at least {low:g}"
+        return f"be a finite number {'>' if low_open else '>='} {low:g}"
+    if low == -math.inf:
+        return f"be a finite number {'<' if high_open else '<='} {high:g}"
+    if low_open and high_open:
+        return f"lie strictly between {low:g} and {high:g}"
+    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def check_choice(key: str, value, choices: Iterable[str]) -> None:

@@ -13,15 +13,38 @@ so K-FAC's module hooks see each one, and the embedding and output weights are u
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from circuits import make_circuit
-from hybrid.config import CircuitConfig, ModelConfig
-from hybrid.errors import InputError
-from hybrid.quantum import QuantumLayer
+from hybrid.backends import ExecutionConfig
+from hybrid.errors import InputError, check_choice, check_number
+from hybrid.quantum import CircuitConfig, QuantumLayer
+
+QUANTUM_PLACES = ("head", "ffn", "none")
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: the transformer's shape and where the circuit goes."""
+
+    block_size: int = 32  # context length in characters
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # attention heads; must divide n_embd
+    n_embd: int = 64  # width of the residual stream
+    dropout: float = 0.0  # 0 keeps runs bit-for-bit reproducible
+    quantum: str = "head"  # where circuits go: head (LM head), ffn (last block's MLP), none
+
+    def validate(self, prefix: str = "model.") -> ModelConfig:
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):
+            check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
+        check_number(f"{prefix}dropout", self.dropout, low=0, high=1, high_open=True)
+        check_choice(f"{prefix}quantum", self.quantum, QUANTUM_PLACES)
+        if self.n_embd % self.n_head:
+            raise InputError(f"{prefix}n_embd ({self.n_embd}) must be a multiple of {prefix}n_head ({self.n_head})")
+        return self
 
 
 class CausalSelfAttention(nn.Module):
@@ -64,10 +87,13 @@ class QuantumProjection(nn.Module):
     one period of every rotation gate, and stays differentiable everywhere.
     """
 
-    def __init__(self, in_features: int, out_features: int, circuit, backend: str):
+    def __init__(
+        self, in_features: int, out_features: int, circuit, backend: str = "default.qubit",
+        execution: ExecutionConfig | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.to_angles = nn.Linear(in_features, circuit.n_inputs)
-        self.circuit = QuantumLayer(circuit, backend)
+        self.circuit = QuantumLayer(circuit, backend, execution)
         self.from_circuit = nn.Linear(circuit.n_outputs, out_features)
         self.reset_angles()
 
@@ -86,10 +112,10 @@ class QuantumProjection(nn.Module):
 class QuantumMLP(nn.Module):
     """The classical MLP plus a parallel quantum path: MLP(x) + QuantumProjection(x)."""
 
-    def __init__(self, cfg: ModelConfig, circuit, backend: str):
+    def __init__(self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None):
         super().__init__()
         self.mlp = MLP(cfg)
-        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend)
+        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.quantum(x)  # (B, T, C)
@@ -116,28 +142,30 @@ class HybridGPT(nn.Module):
         cfg: model shape and where the circuit goes.
         vocab_size: number of token ids.
         circuit: which template, its size and backend (ignored when ``cfg.quantum == "none"``).
+        execution: shots, noise and job options of sampling backends (``hybrid.backends``).
+
+    Raises:
+        InputError: a setting of ``cfg`` or ``circuit`` out of range (see their ``validate``).
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, circuit: CircuitConfig | None = None):
+    def __init__(
+        self, cfg: ModelConfig, vocab_size: int, circuit: CircuitConfig | None = None,
+        execution: ExecutionConfig | None = None,
+    ):  # fmt: skip
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg.validate()
         circuit = circuit or CircuitConfig()
-        template = None
-        if cfg.quantum != "none":
-            try:
-                template = make_circuit(circuit.name, circuit.n_qubits, circuit.n_layers, circuit.measure)
-            except ValueError as error:
-                raise InputError(str(error)) from None
+        template = circuit.validate().template() if cfg.quantum != "none" else None
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         mlps = [MLP(cfg) for _ in range(cfg.n_layer)]
         if cfg.quantum == "ffn":
-            mlps[-1] = QuantumMLP(cfg, template, circuit.backend)
+            mlps[-1] = QuantumMLP(cfg, template, circuit.backend, execution)
         self.blocks = nn.ModuleList(Block(cfg, mlp) for mlp in mlps)
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         if cfg.quantum == "head":
-            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, circuit.backend)
+            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, circuit.backend, execution)
         else:
             self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
         self.apply(self._init_weights)

@@ -10,17 +10,60 @@ rescaled inside the layer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import pennylane as qml
 import torch
 from torch import nn
 
-from circuits import UnsupportedCircuit, compile_circuit
+from circuits import TEMPLATES, UnsupportedCircuit, compile_circuit, make_circuit
+from hybrid.backends import ExecutionConfig, get_backend
+from hybrid.errors import InputError, check_choice, check_number
 from hybrid.sim import statevector
-from hybrid.backends import get_backend
-from hybrid.config import CircuitConfig
-from hybrid.errors import InputError
+
+MEASUREMENTS = ("Z", "ZZ", "all")
+
+
+@dataclass
+class CircuitConfig:
+    """``[circuit]``: which template, its size, and the backend it runs on."""
+
+    name: str = "strongly_entangling"  # a template in circuits.TEMPLATES
+    n_qubits: int = 4  # also the number of angles the model feeds each circuit
+    n_layers: int = 2  # variational layers of the template
+    measure: str = "all"  # observables: Z (one per qubit), ZZ (+ neighbour pairs), all (2^n - 1 Z strings)
+    backend: str = "default.qubit"  # see hybrid.backends.BACKENDS
+
+    def validate(self, prefix: str = "circuit.") -> CircuitConfig:
+        """Names and sizes, and a lower bound on the memory of one evaluation, without compiling.
+
+        Raises:
+            InputError: naming the key and the fix.
+        """
+        if self.name not in TEMPLATES:
+            raise InputError(f"unknown circuit {self.name!r}; choose one of: {', '.join(sorted(TEMPLATES))}")
+        check_number(f"{prefix}n_qubits", self.n_qubits, low=1, integer=True)
+        check_number(f"{prefix}n_layers", self.n_layers, low=1, integer=True)
+        check_choice(f"{prefix}measure", self.measure, MEASUREMENTS)
+        get_backend(self.backend)
+        try:
+            self.template()  # its own limits (outputs of measure="all"); nothing is compiled
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        need = statevector.state_bytes(self.n_qubits, 1, torch.float32)
+        have = statevector.available_bytes(torch.device("cpu"))
+        if need > have:
+            raise InputError(
+                f"one {self.name} circuit needs about {format_bytes(need)} for its {self.n_qubits}-qubit states but "
+                f"{format_bytes(have)} is free; use fewer qubits or a smaller batch"
+            )
+        return self
+
+    def template(self):
+        """The ``circuits`` template this section describes."""
+        return make_circuit(self.name, self.n_qubits, self.n_layers, self.measure)
 
 
 class QuantumLayer(nn.Module):
@@ -38,8 +81,9 @@ class QuantumLayer(nn.Module):
         circuit: a template from ``circuits`` (or any object with ``n_qubits``, ``n_inputs``,
             ``n_outputs``, ``weight_shape`` and ``__call__(inputs, weights)``).
         backend: a name in ``hybrid.backends.BACKENDS``.
-        shots: shots per circuit on sampling backends (0: 1024); ignored by exact simulators.
-        noise: ``qiskit.aer`` only, a fake IBM device whose noise model to simulate.
+        execution: shots, noise and job options of sampling backends (``ExecutionConfig``);
+            exact simulators ignore it.
+        shots, noise: shortcuts that replace those two keys of ``execution``.
 
     Attributes:
         weights: ``nn.Parameter`` of shape ``circuit.weight_shape``, uniform in [0, 2pi).
@@ -47,11 +91,16 @@ class QuantumLayer(nn.Module):
             with gradients enabled (the samples QNG draws its metric from), or None.
 
     Raises:
-        InputError: the circuit lacks the template attributes, the backend is unknown, or a
-            single circuit evaluation would not fit in memory.
+        InputError: the circuit lacks the template attributes, the backend is unknown, an
+            execution option is out of range or does not apply to the backend, a sampling
+            backend gets a circuit that does not compile to gates, or a single circuit
+            evaluation would not fit in memory.
     """
 
-    def __init__(self, circuit, backend: str = "default.qubit", *, shots: int = 0, noise: str = ""):
+    def __init__(
+        self, circuit, backend: str = "default.qubit", execution: ExecutionConfig | None = None, *,
+        shots: int | None = None, noise: str | None = None,
+    ):  # fmt: skip
         super().__init__()
         missing = [a for a in ("n_qubits", "n_inputs", "n_outputs", "weight_shape") if not hasattr(circuit, a)]
         if missing or not callable(circuit):
@@ -59,8 +108,12 @@ class QuantumLayer(nn.Module):
                 f"{circuit!r} is not a circuit template: it lacks {', '.join(missing) or '__call__'}; "
                 "use one from circuits.TEMPLATES or give yours these attributes"
             )
+        execution = execution or ExecutionConfig()
+        replace = {k: v for k, v in (("shots", shots), ("noise", noise)) if v is not None}
+        execution = dataclasses.replace(execution, **replace)
         self.circuit = circuit
         self.backend = get_backend(backend)
+        execution.validate(self.backend)
         self.weights = nn.Parameter(torch.empty(tuple(circuit.weight_shape)).uniform_(0, 2 * math.pi))
         self.last_inputs: torch.Tensor | None = None
         self.program = None
@@ -71,27 +124,18 @@ class QuantumLayer(nn.Module):
             pass  # run through PennyLane instead
         self.check_memory(batch=1)
         self.options, self.noise, self._executor = None, "", None
-        self.configure(CircuitConfig(backend=backend, shots=shots, noise=noise))
+        if self.backend.samples:
+            from hybrid.ibm.jobs import ExecutionOptions  # plain data; no Qiskit import
 
-    def configure(self, cfg: CircuitConfig) -> None:
-        """Take shots, noise and execution options (mode, mitigation, timeouts) from ``cfg``;
-        ``train`` calls this for every layer. Only sampling backends use them.
+            if self.program is None:
+                raise InputError(f"{circuit!r} does not compile to gates, so it cannot run on {self.backend.name}; "
+                                 "use a template from circuits.TEMPLATES")  # fmt: skip
+            self.options, self.noise = ExecutionOptions.from_config(execution), execution.noise
 
-        Raises:
-            InputError: noise on a backend other than qiskit.aer, an unknown noise device, an
-                option out of range, or a circuit that does not compile to gates.
-        """
-        from hybrid.ibm.devices import check_noise
-
-        check_noise(self.backend, cfg.noise)
-        if self.backend.engine != "qiskit":
-            return
-        from hybrid.ibm.jobs import ExecutionOptions
-
-        if self.program is None:
-            raise InputError(f"{self.circuit!r} does not compile to gates, so it cannot run on {self.backend.name}; "
-                             "use a template from circuits.TEMPLATES")  # fmt: skip
-        self.options, self.noise, self._executor = ExecutionOptions.from_config(cfg), cfg.noise, None
+    @classmethod
+    def from_config(cls, circuit: CircuitConfig, execution: ExecutionConfig | None = None) -> QuantumLayer:
+        """The layer a ``[circuit]`` and ``[execution]`` section describe."""
+        return cls(circuit.validate().template(), circuit.backend, execution)
 
     @property
     def shots(self) -> int:
@@ -118,7 +162,7 @@ class QuantumLayer(nn.Module):
     @property
     def uses_simulator(self) -> bool:
         """True when forward runs on the batched torch statevector simulator."""
-        return self.backend.engine == "statevector" and self.program is not None
+        return self.backend.executor == "statevector" and self.program is not None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(..., n_inputs) angles in radians -> (..., n_outputs) expectation values in [-1, 1]."""
@@ -132,14 +176,10 @@ class QuantumLayer(nn.Module):
         if self.training and torch.is_grad_enabled():
             self.last_inputs = flat.detach()
         self.check_memory(batch=flat.shape[0])
-        if self.uses_simulator:
-            out = statevector.simulate(self.program, flat, self.weights)  # (N, n_outputs)
-        elif self.backend.engine == "qiskit":
-            from hybrid.ibm.shots import expectation
-
-            out = expectation(self.executor, flat, self.weights)  # (N, n_outputs), one job
+        if self.program is None and not self.backend.samples:
+            out = self.run_qnode(flat)  # (N, n_outputs): circuits the simulator cannot compile
         else:
-            out = self.run_qnode(flat)  # (N, n_outputs)
+            out = self.backend.run(self, flat)  # (N, n_outputs)
         out = out.to(inputs.dtype if inputs.is_floating_point() else self.weights.dtype)
         return out.reshape(*lead, self.n_outputs)
 

@@ -15,6 +15,7 @@ as is: each step is one forward with its parameter shifts, so ONE job per step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,16 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid.backends import get_backend
+from circuits import compile_circuit
+from hybrid.backends import ExecutionConfig, get_backend
 from hybrid.checkpoint import atomic_write, load_checkpoint
 from hybrid.config import Config, apply_overrides, load_config, save_config, validate
+from hybrid.data import load_dataset
 from hybrid.errors import InputError
 from hybrid.ibm.credentials import connect, scrub
 from hybrid.ibm.devices import check_noise
 from hybrid.ibm.jobs import FINAL_STATES, ExecutionOptions, JobResult, LocalService
 from hybrid.ibm.journal import JOURNAL, Journal
 from hybrid.ibm.metric import MetricEstimate
-from hybrid.ibm.runtime import Runtime, measurement_settings
+from hybrid.ibm.runtime import Pub, Runtime, measurement_settings
+from hybrid.ibm.shots import ShotExecutor
+from hybrid.models import HybridGPT
+from hybrid.quantum import QuantumLayer
+from hybrid.train import CHECKPOINT, evaluate, resume_config, train
 
 TASKS = ("train", "eval", "metric")
 RUN_FILE, LOG, LOCAL_JOBS = "submit.json", "submit.log", "local_jobs"
@@ -40,25 +47,21 @@ RUN_FILE, LOG, LOCAL_JOBS = "submit.json", "submit.log", "local_jobs"
 # shifts: 4 x 8 tokens x (1 + 2 x 12 angles) = 800 circuits per step with these defaults.
 SUBMIT_DEFAULTS = {
     "model.block_size": 8, "train.batch_size": 4, "circuit.name": "hardware_efficient",
-    "circuit.n_layers": 1, "circuit.shots": 1024, "train.steps": 10, "train.eval_every": 10,
+    "circuit.n_layers": 1, "execution.shots": 1024, "train.steps": 10, "train.eval_every": 10,
     "train.eval_batches": 1, "train.sample_chars": 0,
 }  # fmt: skip
-EXECUTION_KEYS = ("circuit.backend", "circuit.shots", "circuit.noise", "circuit.mode", "circuit.resilience_level",
-                  "circuit.twirling", "circuit.dd", "circuit.optimization_level", "circuit.max_execution_time",
-                  "circuit.result_timeout")  # fmt: skip
+EXECUTION_KEYS = ("circuit.backend", *(f"execution.{f.name}" for f in dataclasses.fields(ExecutionConfig)))
 
 
 def resolve_run(args, overrides: dict) -> tuple[Path, Config, str, Path | None]:
     """Run folder, config, task and source run of a ``hybrid submit`` command line."""
-    from hybrid.train import CHECKPOINT, resume_config
-
     if args.resume:
         if args.out or args.config or args.source:
             raise InputError("--resume continues the run in its own folder; drop --out, --config and --from")
         if not (args.resume / RUN_FILE).exists():
             raise InputError(f"{args.resume} is not a hybrid submit run folder (no {RUN_FILE}); start one with --out")
         run = json.loads((args.resume / RUN_FILE).read_text())
-        allowed = {k: v for k, v in overrides.items() if k in ("train.steps", "circuit.result_timeout")}
+        allowed = {k: v for k, v in overrides.items() if k in ("train.steps", "execution.result_timeout")}
         if allowed != overrides:
             raise InputError(
                 "only --steps and --timeout may change on --resume; the journal matches jobs by their options"
@@ -86,13 +89,13 @@ def submit(args, overrides: dict, ibm=None) -> int:
     out, cfg, task, source = resolve_run(args, overrides)
     validate(cfg)
     backend = get_backend(cfg.circuit.backend)
-    if backend.engine != "qiskit":
+    if not backend.samples:
         raise InputError(f"hybrid submit runs on qiskit.aer, fake_<device> or ibm_<device>, not {backend.name}; "
                          "use hybrid train for simulators")  # fmt: skip
     if cfg.model.quantum == "none":
         raise InputError("model.quantum is none: there is no circuit to submit; use head or ffn")
-    options = ExecutionOptions.from_config(cfg.circuit)
-    check_noise(backend, cfg.circuit.noise)
+    options = ExecutionOptions.from_config(cfg.execution)
+    check_noise(backend, cfg.execution.noise)
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
     handlers = _start_logging(None if args.dry_run else out / LOG, args.quiet, verbose=backend.service == "ibm")
@@ -129,8 +132,6 @@ def submit(args, overrides: dict, ibm=None) -> int:
 
 
 def _train(cfg: Config, out: Path, resume: bool, quiet: bool, runtime: Runtime) -> None:
-    from hybrid.train import CHECKPOINT, train
-
     # Killed before the first checkpoint: start again; the journal still has every job.
     resume = resume and (out / CHECKPOINT).exists()
     summary = train(cfg, out, resume=resume, progress=not quiet, on_step=runtime.at_step)
@@ -146,14 +147,9 @@ def _train(cfg: Config, out: Path, resume: bool, quiet: bool, runtime: Runtime) 
 
 def _model(cfg: Config, source: Path | None):
     """The model to evaluate: ``source``'s checkpoint on this run's backend, or a fresh one."""
-    from hybrid.data import load_dataset
-    from hybrid.models import HybridGPT
-    from hybrid.quantum import QuantumLayer
-    from hybrid.train import CHECKPOINT
-
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, cfg.model.block_size)
-    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution)
     step = 0
     if source is not None:
         state = load_checkpoint(source / CHECKPOINT)
@@ -162,14 +158,10 @@ def _model(cfg: Config, source: Path | None):
         model.load_state_dict(state["model"])
         step = int(state["step"])
     layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
-    for layer in layers:
-        layer.configure(cfg.circuit)
     return model.eval(), dataset, layers[0], step
 
 
 def _evaluate_or_metric(cfg: Config, out: Path, task: str, source: Path | None, runtime: Runtime) -> None:
-    from hybrid.train import evaluate
-
     model, dataset, layer, step = _model(cfg, source)
     runtime.at_step(step)
     rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # the batches hybrid train evaluates on
@@ -239,16 +231,11 @@ def _plot_metric(metric: np.ndarray, path: Path, title: str) -> None:
 
 def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     """Print what the run will send, and refuse it if one job breaks IBM's limits."""
-    from circuits import compile_circuit, make_circuit
-    from hybrid.ibm.runtime import Pub
-    from hybrid.ibm.shots import ShotExecutor
-
     try:
-        program = compile_circuit(make_circuit(cfg.circuit.name, cfg.circuit.n_qubits, cfg.circuit.n_layers,
-                                               cfg.circuit.measure))  # fmt: skip
+        program = compile_circuit(cfg.circuit.template())
     except ValueError as error:
         raise InputError(str(error)) from None
-    executor = ShotExecutor(program, backend, runtime.options, cfg.circuit.noise)
+    executor = ShotExecutor(program, backend, runtime.options, cfg.execution.noise)
     isa = executor.isa(runtime)
     settings = measurement_settings(isa.observables(executor.observables))
     tokens = cfg.train.batch_size * cfg.model.block_size
@@ -268,11 +255,11 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     if task == "train":
         evaluations = len(set(range(0, cfg.train.steps, cfg.train.eval_every)) | {cfg.train.steps})
         rows.append(("training step", cfg.train.steps, batch_job(1 + 2 * shifted)))
-        if cfg.optim.name in ("qng", "hybrid") and cfg.model.quantum != "none":
+        if cfg.optim.roles()["circuit"] == "qng" and cfg.model.quantum != "none":
             # QNG's metric circuits ride in the training jobs; the first refresh is a job of its own
-            zeros = np.zeros((min(tokens, cfg.optim.qng_metric_samples), program.n_angles))
+            zeros = np.zeros((min(tokens, cfg.optim.qng.metric_samples), program.n_angles))
             metric = cost(MetricEstimate(program).pubs(executor, runtime, zeros))
-            refreshes = -(-cfg.train.steps // cfg.optim.qng_curvature_every)
+            refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every)
             rows.append(("QNG metric, first refresh", 1, metric))
             metric_note = (f"; {refreshes - 1} later metric refreshes add {metric.circuits:,} circuits to their "
                            "step's job")  # fmt: skip
@@ -291,7 +278,7 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
               f"~{cost.qpu_seconds:,.0f} s QPU")  # fmt: skip
         total_jobs, total_seconds = total_jobs + count, total_seconds + count * cost.qpu_seconds
     if metric_note:
-        refreshes = -(-cfg.train.steps // cfg.optim.qng_curvature_every) - 1
+        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - 1
         total_seconds += refreshes * metric.qpu_seconds
     qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
     print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
@@ -333,9 +320,7 @@ def jobs(args, ibm=None) -> int:
         rows = [journal.find(r.key) for r in rows]
     if args.action == "fetch":
         (args.run / "results").mkdir(exist_ok=True)
-        from hybrid.train import resume_config
-
-        timeout = resume_config(args.run).circuit.result_timeout
+        timeout = resume_config(args.run).execution.result_timeout
         for row in rows:
             if row.job_id is None:
                 continue

@@ -28,9 +28,9 @@ from hybrid.config import Config, config_from_dict, load_config, save_config, va
 from hybrid.data import CharTokenizer, Dataset, load_dataset
 from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
-from hybrid.optim.kfac import sampled_fisher_backward
 from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
 from hybrid.optim import build_optimizer, lr_factor
+from hybrid.optim.kfac import sampled_fisher_backward
 from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import append_row, read_table, write_table
@@ -98,11 +98,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     # config -> data -> model -> optimizer
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, cfg.model.block_size)
-    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit).to(device)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution).to(device)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     for layer in model.modules():
         if isinstance(layer, QuantumLayer):
-            layer.configure(cfg.circuit)  # shots, noise, execution options of sampling backends
             layer.check_memory(tokens_per_step)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
@@ -146,7 +145,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 on_step(step)
             every = cfg.train.diagnostics_every  # before the checkpoint: a checkpoint at a step implies its row
             if every and (step % every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
-                damping = {"classical": cfg.optim.kfac_damping, "quantum": cfg.optim.qng_damping}
+                damping = {"classical": cfg.optim.kfac.damping, "quantum": cfg.optim.qng.damping}
                 track(model, eval_sets["train"][0], out, step, optimizer, damping=damping)  # a fixed batch
             # evaluate, log, checkpoint (a resumed run already did this at its start step)
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
@@ -192,13 +191,17 @@ def resume_config(out: str | Path) -> Config:
 
 
 def _check_same_run(cfg: Config, saved: Config, out: Path) -> None:
-    new, old = cfg.to_dict(), saved.to_dict()
-    new["train"].pop("steps"), old["train"].pop("steps")
-    changed = [f"{s}.{k}" for s in old for k in old[s] if new[s][k] != old[s][k]]
+    new, old = dict(_flat(cfg.to_dict())), dict(_flat(saved.to_dict()))
+    changed = [key for key in old if key != "train.steps" and new[key] != old[key]]
     if changed:
         raise InputError(
             f"resuming {out} with a changed config ({', '.join(changed)}); only --steps may change on resume"
         )
+
+
+def _flat(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        yield from _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
 
 
 def _to(batch, device):
@@ -238,11 +241,8 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharToken
     state = load_checkpoint(Path(run) / CHECKPOINT)
     cfg = config_from_dict(state["config"], source=str(Path(run) / CHECKPOINT))
     tokenizer = CharTokenizer(state["vocab"])
-    model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit)
+    model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit, cfg.execution)
     model.load_state_dict(state["model"])
-    for layer in model.modules():
-        if isinstance(layer, QuantumLayer):
-            layer.configure(cfg.circuit)
     return model.to(device).eval(), tokenizer, cfg
 
 

@@ -11,8 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from hybrid.config import ModelConfig, OptimConfig
-from hybrid.diagnostics.plots import plot_slices, plot_spectra, plot_tracking
+from hybrid.config import Config, ModelConfig, apply_overrides
 from hybrid.diagnostics import (
     SPECTRA,
     TABLE,
@@ -25,10 +24,11 @@ from hybrid.diagnostics import (
     summarize,
     track,
 )
+from hybrid.diagnostics.plots import plot_slices, plot_spectra, plot_tracking
 from hybrid.errors import InputError
-from hybrid.optim.metric import metric_tensor
 from hybrid.models import HybridGPT
 from hybrid.optim import build_optimizer
+from hybrid.optim.metric import metric_tensor
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
@@ -71,8 +71,9 @@ def eigenvalues(matrix):
 
 
 def optimizer_for(model, name="hybrid", **overrides):
-    settings = {"kfac_curvature_every": 1, "kfac_inverse_every": 1, "warmup_steps": 0, **overrides}
-    return build_optimizer(model, OptimConfig(name=name, **settings))
+    settings = {"optim.name": name, "optim.kfac.curvature_every": 1, "optim.kfac.inverse_every": 1,
+                "optim.warmup_steps": 0, **{f"optim.{k}": v for k, v in overrides.items()}}
+    return build_optimizer(model, apply_overrides(Config(), settings).optim)
 
 
 # --- spectra against direct computation ------------------------------------------------------

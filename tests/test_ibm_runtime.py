@@ -150,7 +150,7 @@ def test_limits_are_checked_before_anything_is_sent():
     with pytest.raises(InputError, match="about 61 QPU seconds, over the 60 s"):
         runtime.check_limits(fake, Cost(10, 1000, 61.0))
     runtime.check_limits(aer, Cost(10**6, 1000, 0.0))  # simulators have no such limits
-    with pytest.raises(InputError, match="circuit.max_execution_time must lie in"):
+    with pytest.raises(InputError, match="execution.max_execution_time must lie in"):
         ExecutionOptions(max_execution_time=20_000).validate()
 
 

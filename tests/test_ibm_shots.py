@@ -103,13 +103,13 @@ def test_one_job_per_forward_and_none_without_autograd(monkeypatch):
 
 def test_bad_sampling_settings_fail_at_construction():
     circuit = circuits.StronglyEntangling(2, 1)
-    with pytest.raises(InputError, match="circuit.noise applies to qiskit.aer only"):
+    with pytest.raises(InputError, match="execution.noise applies to qiskit.aer only"):
         QuantumLayer(circuit, "fake_manila", noise="fake_lima")
-    with pytest.raises(InputError, match="circuit.noise applies to qiskit.aer only"):
+    with pytest.raises(InputError, match="execution.noise applies to qiskit.aer only"):
         QuantumLayer(circuit, "default.qubit", noise="fake_lima")
     with pytest.raises(InputError, match="unknown fake device 'fake_nowhere'"):
         QuantumLayer(circuit, "qiskit.aer", noise="fake_nowhere")
     with pytest.raises(InputError, match="unknown fake device 'fake_nowhere'"):
         QuantumLayer(circuit, "fake_nowhere")
-    with pytest.raises(InputError, match="circuit.shots must be > 0"):
+    with pytest.raises(InputError, match="execution.shots must be > 0"):
         ExecutionOptions(shots=-1).validate()

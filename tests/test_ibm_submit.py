@@ -165,10 +165,10 @@ def test_eval_and_metric_tasks(tmp_path, capsys):
     "flags, message",
     [
         (["--backend", "default.qubit"], "hybrid submit runs on qiskit.aer, fake_<device> or ibm_<device>"),
-        (["--shots", "200000"], "circuit-shots, over IBM's 5,000,000 per job; lower circuit.shots"),
-        (["--max-execution-time", "1"], "over the 1 s of circuit.max_execution_time"),
-        (["--set", "circuit.mode=dedicated"], "circuit.mode must be one of job, batch, session"),
-        (["--noise", "fake_lima"], "circuit.noise applies to qiskit.aer only"),
+        (["--shots", "200000"], "circuit-shots, over IBM's 5,000,000 per job; lower execution.shots"),
+        (["--max-execution-time", "1"], "over the 1 s of execution.max_execution_time"),
+        (["--set", "circuit.mode=dedicated"], "execution.mode must be one of job, batch, session"),
+        (["--noise", "fake_lima"], "execution.noise applies to qiskit.aer only"),
     ],
 )
 def test_bad_submissions_fail_before_any_job(tmp_path, capsys, flags, message):

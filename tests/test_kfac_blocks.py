@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from hybrid.optim.kfac_blocks import batch_factors, decompose, eigen_precondition, factored_damping, inverse_precondition
+from hybrid.optim.kfac_blocks import (
+    batch_factors,
+    decompose,
+    eigen_precondition,
+    factored_damping,
+    inverse_precondition,
+)
 
 
 def spd(d, seed):

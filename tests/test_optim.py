@@ -184,5 +184,5 @@ def test_kfac_leaves_circuits_and_angle_layers_to_adamw_and_momentum_reaches_the
     assert [g["momentum"] for g in optimizer.sgd.param_groups] == [0.9]
     classical = model("none")  # no QuantumProjection: nothing to leave out, no error
     assert set(owners(build_optimizer(classical, cfg), classical).values()) == {"kfac", "adamw"}
-    with pytest.raises(InputError, match="optim.momentum must lie in"):
+    with pytest.raises(InputError, match="optim.kfac.momentum must lie in"):
         validate_config(apply_overrides(tiny_config(), {"optim.momentum": 1.0}))

@@ -201,7 +201,7 @@ def test_bad_settings_are_input_errors():
         QNG([layer], lr=0)
     with pytest.raises(RuntimeError, match="training mode"):
         QNGPreconditioner([layer]).precondition(lr=0.1)  # no forward pass yet
-    for key, value in [("optim.qng_damping", "0"), ("optim.qng_approx", "kfac"), ("optim.qng_metric_samples", "0")]:
+    for key, value in [("optim.qng.damping", "0"), ("optim.qng.approx", "kfac"), ("optim.qng.metric_samples", "0")]:
         with pytest.raises(InputError, match=key):
             train(tiny_config(**{"optim.name": "qng", key: value}), "unused", progress=False)
     with pytest.raises(InputError, match="qng needs a circuit"):

@@ -16,8 +16,8 @@ from torch.autograd import forward_ad
 
 import circuits
 from hybrid import InputError, QuantumLayer
-from hybrid.sim.plan import compile_plan
 from hybrid.quantum import format_bytes
+from hybrid.sim.plan import compile_plan
 from hybrid.sim.statevector import estimate_bytes, final_state, simulate
 from tests.conftest import ALL_TEMPLATES
 from tests.test_program import Custom

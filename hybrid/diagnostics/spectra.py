@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hybrid.checkpoint import atomic_write
 from hybrid.errors import InputError
 from hybrid.models import lm_logits, next_token_loss
-from hybrid.optim.metric import metric_tensor
 from hybrid.optim.kfac import KFACPreconditioner
+from hybrid.optim.metric import metric_tensor
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import append_row, read_table, write_table
 

@@ -51,7 +51,7 @@ def fake_backend_class(name: str) -> type:
 def check_noise(backend, noise: str) -> None:
     """Raise InputError unless ``noise`` is "" or a fake device and ``backend`` is qiskit.aer."""
     if noise and backend.service != "aer":
-        raise InputError(f"circuit.noise applies to qiskit.aer only, not {backend.name}; "
+        raise InputError(f"execution.noise applies to qiskit.aer only, not {backend.name}; "
                          "drop it, or use --backend qiskit.aer --noise fake_<device>")  # fmt: skip
     if noise:
         fake_backend_class(noise)
@@ -70,7 +70,7 @@ def aer_simulator(noise: str = ""):
     if not noise:
         return AerSimulator()
     if not noise.startswith("fake_"):
-        raise InputError(f"circuit.noise must name an IBM fake device such as fake_manila, got {noise!r}")
+        raise InputError(f"execution.noise must name an IBM fake device such as fake_manila, got {noise!r}")
     return AerSimulator.from_backend(fake_backend(noise))
 
 

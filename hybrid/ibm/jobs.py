@@ -45,7 +45,7 @@ class JobFailed(InputError):
 
 @dataclass(frozen=True)
 class ExecutionOptions:
-    """How jobs run; the fields mirror ``CircuitConfig``'s execution keys (see there)."""
+    """How jobs run; the fields mirror ``ExecutionConfig``'s keys (see there)."""
 
     shots: int = 1024
     mode: str = "job"
@@ -57,33 +57,33 @@ class ExecutionOptions:
     timeout: float = 3600.0
 
     @classmethod
-    def from_config(cls, circuit) -> ExecutionOptions:
-        """From a ``CircuitConfig``; shots 0 becomes the sampling default, 1024.
+    def from_config(cls, execution) -> ExecutionOptions:
+        """From an ``ExecutionConfig`` (``hybrid.backends``); shots 0 becomes the sampling default, 1024.
 
         Raises:
             InputError: a value out of range (the message names the key and the choices).
         """
         options = cls(
-            shots=circuit.shots or cls.shots, mode=circuit.mode, resilience_level=circuit.resilience_level,
-            twirling=circuit.twirling, dd=circuit.dd, optimization_level=circuit.optimization_level,
-            max_execution_time=circuit.max_execution_time, timeout=circuit.result_timeout,
+            shots=execution.shots or cls.shots, mode=execution.mode, resilience_level=execution.resilience_level,
+            twirling=execution.twirling, dd=execution.dd, optimization_level=execution.optimization_level,
+            max_execution_time=execution.max_execution_time, timeout=execution.result_timeout,
         )  # fmt: skip
         options.validate()
         return options
 
     def validate(self) -> None:
         checks = [
-            (self.mode in MODES, f"circuit.mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
+            (self.mode in MODES, f"execution.mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
             (self.resilience_level in (0, 1, 2),
-             f"circuit.resilience_level must be 0, 1 or 2, got {self.resilience_level}"),
-            (self.dd in DD_SEQUENCES, f"circuit.dd must be '' (off), XX, XpXm or XY4, got {self.dd!r}"),
+             f"execution.resilience_level must be 0, 1 or 2, got {self.resilience_level}"),
+            (self.dd in DD_SEQUENCES, f"execution.dd must be '' (off), XX, XpXm or XY4, got {self.dd!r}"),
             (self.optimization_level in (0, 1, 2, 3),
-             f"circuit.optimization_level must be 0-3, got {self.optimization_level}"),
+             f"execution.optimization_level must be 0-3, got {self.optimization_level}"),
             (0 <= self.max_execution_time <= MAX_EXECUTION_TIME,
-             f"circuit.max_execution_time must lie in [0, {MAX_EXECUTION_TIME}] QPU seconds "
+             f"execution.max_execution_time must lie in [0, {MAX_EXECUTION_TIME}] QPU seconds "
              f"(0: the service's default), got {self.max_execution_time}"),
-            (self.timeout > 0, f"circuit.result_timeout must be > 0 seconds, got {self.timeout}"),
-            (self.shots > 0, f"circuit.shots must be > 0 on a sampling backend, got {self.shots}"),
+            (self.timeout > 0, f"execution.result_timeout must be > 0 seconds, got {self.timeout}"),
+            (self.shots > 0, f"execution.shots must be > 0 on a sampling backend, got {self.shots}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -271,7 +271,7 @@ class IBMService:
 
     def backend(self, name: str, noise: str = ""):
         if noise:
-            raise InputError(f"circuit.noise applies to qiskit.aer only; {name} has its own noise")
+            raise InputError(f"execution.noise applies to qiskit.aer only; {name} has its own noise")
         from hybrid.ibm.credentials import ibm_call
 
         return ibm_call(lambda: self.service.backend(name), f"look up backend {name}")

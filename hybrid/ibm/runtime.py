@@ -237,14 +237,14 @@ class Runtime:
         if cost.circuit_shots > MAX_CIRCUIT_SHOTS:
             raise InputError(
                 f"one job would run {cost.circuits} circuits x {cost.shots} shots = {cost.circuit_shots:,} "
-                f"circuit-shots, over IBM's {MAX_CIRCUIT_SHOTS:,} per job; lower circuit.shots, "
+                f"circuit-shots, over IBM's {MAX_CIRCUIT_SHOTS:,} per job; lower execution.shots, "
                 "train.batch_size or model.block_size"
             )
         budget = self.options.max_execution_time or MAX_EXECUTION_TIME
         if cost.qpu_seconds > budget:
             raise InputError(
                 f"one job needs about {cost.qpu_seconds:.0f} QPU seconds, over the {budget} s of "
-                "circuit.max_execution_time (IBM's cap is 10800); lower circuit.shots or train.batch_size"
+                "execution.max_execution_time (IBM's cap is 10800); lower execution.shots or train.batch_size"
             )
 
     # --- execution -----------------------------------------------------------------------

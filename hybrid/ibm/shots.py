@@ -67,6 +67,32 @@ class ShotExecutor:
         self.extras: list[PubProvider] = []
         self.last_result: JobResult | None = None
         self.observables = qiskit_observables(program)
+        self.riding_metric = None  # the MetricEstimate queued by queue_metric, until taken or dropped
+
+    # -- QNG's metric, riding in the next training job ----------------------------------------------
+
+    def queue_metric(self, samples: int, generator) -> None:
+        """Queue the block-diagonal metric circuits on the next recorded forward job, at
+        ``samples`` of its inputs drawn with ``generator``; ``take_metric`` collects the result."""
+        from hybrid.ibm.metric import MetricEstimate
+
+        self.drop_metric()
+        self.riding_metric = MetricEstimate(self.program, samples, generator)
+        self.extras.append(self.riding_metric)
+
+    def take_metric(self) -> np.ndarray | None:
+        """The (P, P) metric the queued estimate brought back, or None when none rode in a job
+        (none was queued, or the job has not been sent: then it is unqueued)."""
+        estimate, self.riding_metric = self.riding_metric, None
+        if estimate is not None and estimate.metric is not None:
+            return estimate.metric
+        if estimate is not None and estimate in self.extras:
+            self.extras.remove(estimate)
+        return None
+
+    def drop_metric(self) -> None:
+        """Unqueue a metric estimate that has not been sent."""
+        self.take_metric()
 
     def runtime(self) -> Runtime:
         return current_runtime(self.options)

@@ -6,17 +6,27 @@ composed into one optimizer whose updates are stock torch steps.
     kfac_blocks.py    one nn.Linear's Kronecker factors, decompositions and damped inverse
     kfac.py           K-FAC over a model's linear layers (KFACPreconditioner, KFAC)
     optimizer.py      HybridOptimizer: the preconditioners, then the stock steps
+    preconditioned.py KFAC and QNG alone: HybridOptimizer on one preconditioner
+    registry.py       which optimizer owns which parameters: rows, presets, build_optimizer
 """
 
+from hybrid.optim.eigen_adam import EigenAdamKFAC as EigenAdamKFAC
 from hybrid.optim.kfac import KFAC as KFAC
 from hybrid.optim.kfac import KFACPreconditioner as KFACPreconditioner
+from hybrid.optim.kfac import KFACSettings as KFACSettings
 from hybrid.optim.metric import metric_tensor as metric_tensor
-from hybrid.optim.optimizer import OPTIMIZERS as OPTIMIZERS
+from hybrid.optim.metric_adam import MetricAdam as MetricAdam
 from hybrid.optim.optimizer import HybridOptimizer as HybridOptimizer
 from hybrid.optim.optimizer import Preconditioner as Preconditioner
-from hybrid.optim.optimizer import build_optimizer as build_optimizer
-from hybrid.optim.optimizer import lr_factor as lr_factor
 from hybrid.optim.optimizer import parameter_groups as parameter_groups
 from hybrid.optim.optimizer import trainable_parameters as trainable_parameters
 from hybrid.optim.qng import QNG as QNG
 from hybrid.optim.qng import QNGPreconditioner as QNGPreconditioner
+from hybrid.optim.qng import QNGSettings as QNGSettings
+from hybrid.optim.registry import OPTIMIZERS as OPTIMIZERS
+from hybrid.optim.registry import PRESETS as PRESETS
+from hybrid.optim.registry import ROWS as ROWS
+from hybrid.optim.registry import OptimConfig as OptimConfig
+from hybrid.optim.registry import build_optimizer as build_optimizer
+from hybrid.optim.registry import lr_factor as lr_factor
+from hybrid.optim.registry import search_space as search_space

@@ -98,15 +98,14 @@ def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str 
 
 
 def default_method(layer) -> str:
-    """The method ``metric_tensor`` uses for ``layer`` when none is given."""
-    if layer.backend.engine == "qiskit":
-        return "estimator"
-    return "exact" if layer.program is not None and layer.backend.exact else "pennylane"
+    """The method ``metric_tensor`` uses for ``layer`` when none is given: its backend row's,
+    or PennyLane's transform for a circuit the simulator cannot compile."""
+    return "pennylane" if layer.program is None and layer.backend.metric == "exact" else layer.backend.metric
 
 
 def estimator_metric(layer, inputs: torch.Tensor, approx: str | None) -> torch.Tensor:
     """The (block-)diagonal metric estimated in one job on the layer's Qiskit backend: (P, P) float64."""
-    if layer.backend.engine != "qiskit":
+    if layer.backend.metric != "estimator":
         raise InputError(
             f"method='estimator' runs on a Qiskit backend (qiskit.aer, fake_*, ibm_*), not {layer.backend.name}; "
             "use method='exact' or 'pennylane'"

@@ -4,18 +4,17 @@
     optimizer.step():  grad <- P(grad)      (the preconditioner rewrites .grad in place)
                        SGD step             (torch's, with its momentum and weight decay)
 
-``hybrid.optim.HybridOptimizer`` is the same with several preconditioners and AdamW on the
-parameters none of them owns.
+It is ``hybrid.optim.HybridOptimizer`` with one preconditioner and nothing else to train.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
+from hybrid.optim.optimizer import HybridOptimizer
 
 
-class PreconditionedSGD(torch.optim.SGD):
+class PreconditionedSGD(HybridOptimizer):
     r"""SGD on the parameters of one preconditioner, with the gradients it rewrites.
 
     .. math:: \theta \leftarrow \mathrm{SGD}\big(\theta,\; P(\nabla_\theta L)\big)
@@ -28,29 +27,16 @@ class PreconditionedSGD(torch.optim.SGD):
 
     def __init__(self, preconditioner, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         self.preconditioner = preconditioner
-        self.preconditioners = {name: preconditioner}  # as in HybridOptimizer (see sampled_fisher_backward)
-        super().__init__(preconditioner.params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Precondition the gradients, then one SGD step. Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.preconditioner.precondition(lr=self.param_groups[0]["lr"])
-        super().step()
-        return loss
-
-    def stats(self) -> dict[str, float]:
-        return self.preconditioner.stats()
+        group = {"momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(None, [(name, preconditioner, lr, group)], lr=lr, train_rest=False)
 
     def state_dict(self) -> dict[str, Any]:
         (name,) = self.preconditioners
-        return {**super().state_dict(), name: self.preconditioner.state_dict()}
+        return {**self.sgd.state_dict(), name: self.preconditioner.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         (name,) = self.preconditioners
         state_dict = dict(state_dict)
         self.preconditioner.load_state_dict(state_dict.pop(name))
-        super().load_state_dict(state_dict)
+        self.sgd.load_state_dict(state_dict)
+        self._share_param_groups()

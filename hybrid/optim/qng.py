@@ -25,7 +25,6 @@ from hybrid.optim.metric import check_approx, default_method, metric_tensor
 from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
 
-
 APPROX = ("diag", "block-diag", "full")
 
 
@@ -142,7 +141,6 @@ class QNGPreconditioner:
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
         self.calls = 0
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
-        self.riding: dict[int, Any] = {}  # layer index -> MetricEstimate queued on its next training job
         on_qiskit = [layer for layer in self.layers if (method or default_method(layer)) == "estimator"]
         if on_qiskit and self.approx is None:
             raise InputError(
@@ -154,7 +152,7 @@ class QNGPreconditioner:
         """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused).
 
         On a Qiskit backend the metric circuits of the next refresh ride in the training job
-        before it (``ShotExecutor.extras``), so a QNG step sends one job, not two; a refresh
+        before it (``ShotExecutor.queue_metric``), so a QNG step sends one job, not two; a refresh
         that finds no such estimate (the first one, or after a resume) sends its own job.
         """
         if self.calls % self.curvature_every == 0:
@@ -172,13 +170,12 @@ class QNGPreconditioner:
     def queue_estimates(self) -> None:
         """Queue the block-diagonal metric circuits of every layer on a Qiskit backend on its
         next training job, at ``metric_samples`` of that job's inputs."""
-        for i, layer in enumerate(self.layers):
-            if (self.method or default_method(layer)) == "estimator":
-                from hybrid.ibm.metric import MetricEstimate  # Qiskit runtime imports only where used
+        for layer in self._estimated():
+            layer.executor.queue_metric(self.metric_samples, self.generator)
 
-                estimate = MetricEstimate(layer.program, self.metric_samples, self.generator)
-                layer.executor.extras.append(estimate)
-                self.riding[i] = estimate
+    def _estimated(self) -> list:
+        """The layers whose metric is estimated on their (Qiskit) backend."""
+        return [layer for layer in self.layers if (self.method or default_method(layer)) == "estimator"]
 
     def update_metrics(self) -> list[torch.Tensor]:
         """The metric of every layer on a fresh subsample of its latest inputs: [(P, P), ...].
@@ -187,6 +184,7 @@ class QNGPreconditioner:
         (mean over ranks) of these tensors goes right here.
         """
         metrics = []
+        estimated = self._estimated()
         for layer in self.layers:
             inputs = layer.last_inputs
             if inputs is None:
@@ -199,13 +197,11 @@ class QNGPreconditioner:
                     f"the inputs or weights of {layer.circuit!r} are NaN or Inf, so its metric is undefined; "
                     "training diverged: lower the learning rates"
                 )
-            estimate = self.riding.pop(len(metrics), None)
-            if estimate is not None and estimate.metric is not None:  # it rode in this step's job
-                metric = torch.from_numpy(estimate.metric).to(layer.weights.device)
+            rode = layer.executor.take_metric() if layer in estimated else None
+            if rode is not None:  # it rode in this step's job; else this refresh sends its own job
+                metric = torch.from_numpy(rode).to(layer.weights.device)
                 metrics.append(metric.diag().diag() if self.approx == "diag" else metric)
                 continue
-            if estimate is not None and estimate in layer.executor.extras:
-                layer.executor.extras.remove(estimate)  # never sent: this refresh sends its own job
             rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
             sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
             metrics.append(metric_tensor(layer, sample, self.approx, method=self.method))
@@ -236,10 +232,8 @@ class QNGPreconditioner:
         devices = [layer.weights.device for layer in self.layers][: len(metrics)]
         self.metrics = [m.to(device, torch.float64) for m, device in zip(metrics, devices, strict=True)]
         self.generator.set_state(state["generator"])
-        for i, estimate in self.riding.items():  # queued by the state this one replaces
-            if estimate in self.layers[i].executor.extras:
-                self.layers[i].executor.extras.remove(estimate)
-        self.riding = {}
+        for layer in self._estimated():  # queued by the state this one replaces
+            layer.executor.drop_metric()
         if self.calls and self.calls % self.curvature_every == 0:
             self.queue_estimates()  # as the saved run did after its last step: its next job is the same
 

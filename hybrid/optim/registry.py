@@ -1,0 +1,244 @@
+"""Which optimizer trains which parameters: one row per preconditioner, presets over the rows.
+
+Parameters are partitioned by role:
+
+    linear   the classical nn.Linear layers      kfac | eigen_adam | muon | none
+    circuit  the weights of every QuantumLayer   qng | metric_adam | none
+    rest     everything else (embeddings, norms, biases, what a row leaves out): AdamW
+
+``[optim] name`` is a preset that fills both roles (``PRESETS``); ``[optim] linear`` and
+``[optim] circuit`` override a role. A new preconditioner is one module plus one row of
+``ROWS``: its role, the ``[optim.<settings>]`` section it reads, how it builds its part of
+the optimizer, and the search space ``hybrid tune`` draws its settings from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from hybrid.errors import InputError, check_choice, check_number
+from hybrid.models import QuantumProjection
+from hybrid.optim.eigen_adam import EigenAdamPreconditioner, EigenAdamSettings
+from hybrid.optim.kfac import KFACPreconditioner, KFACSettings, kfac_layers
+from hybrid.optim.metric_adam import MetricAdamPreconditioner, MetricAdamSettings
+from hybrid.optim.optimizer import HybridOptimizer, trainable_parameters
+from hybrid.optim.qng import QNGPreconditioner, QNGSettings
+from hybrid.quantum import QuantumLayer
+
+
+@dataclass
+class MuonSettings:
+    """``[optim.muon]``: ``torch.optim.Muon`` on the hidden 2-D matrices (Jordan et al. 2024)."""
+
+    lr: float = 3e-3  # Muon's learning rate; with adjust_lr_fn=match_rms_adamw, in AdamW's units
+    momentum: float = 0.95  # Nesterov momentum of the orthogonalized update
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalization
+    adjust_lr_fn: str = "match_rms_adamw"  # match_rms_adamw (Moonshot) or original (Keller Jordan)
+
+    def validate(self, prefix: str = "optim.muon.") -> MuonSettings:
+        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
+        check_number(f"{prefix}momentum", self.momentum, low=0, high=1, high_open=True)
+        check_number(f"{prefix}ns_steps", self.ns_steps, low=1, integer=True)
+        check_choice(f"{prefix}adjust_lr_fn", self.adjust_lr_fn, ("match_rms_adamw", "original"))
+        return self
+
+
+@dataclass
+class OptimConfig:
+    """``[optim]``: the preset, AdamW on the rest, the schedule, and one section per row."""
+
+    name: str = "hybrid"  # a preset of PRESETS: hybrid, kfac, qng, adamw, muon, muon_qng, eigen_adam, eigen_hybrid
+    linear: str = ""  # override the preset's optimizer of the nn.Linear layers: kfac, eigen_adam, muon or none
+    circuit: str = ""  # override the preset's optimizer of the circuit weights: qng, metric_adam or none
+    lr: float = 3e-3  # peak AdamW learning rate after warmup (every lr follows the same schedule)
+    weight_decay: float = 0.01  # AdamW (and Muon) decay on matrices (not on biases, norms, circuit angles)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    kfac: KFACSettings = field(default_factory=KFACSettings)
+    eigen_adam: EigenAdamSettings = field(default_factory=EigenAdamSettings)
+    qng: QNGSettings = field(default_factory=QNGSettings)
+    metric_adam: MetricAdamSettings = field(default_factory=MetricAdamSettings)
+    muon: MuonSettings = field(default_factory=MuonSettings)
+
+    def roles(self) -> dict[str, str]:
+        """``{"linear": row name or "none", "circuit": ...}`` after the overrides."""
+        linear, circuit = PRESETS[self.name]
+        return {"linear": self.linear or linear, "circuit": self.circuit or circuit}
+
+    def validate(self, prefix: str = "optim.") -> OptimConfig:
+        check_choice(f"{prefix}name", self.name, PRESETS)
+        for role in ("linear", "circuit"):
+            choices = ["", "none", *(name for name, row in ROWS.items() if row.role == role)]
+            check_choice(f"{prefix}{role}", getattr(self, role), choices)
+        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
+        check_number(f"{prefix}weight_decay", self.weight_decay, low=0)
+        check_number(f"{prefix}beta1", self.beta1, low=0, high=1, high_open=True)
+        check_number(f"{prefix}beta2", self.beta2, low=0, high=1, high_open=True)
+        check_number(f"{prefix}grad_clip", self.grad_clip, low=0)
+        check_number(f"{prefix}warmup_steps", self.warmup_steps, low=0, integer=True)
+        check_number(f"{prefix}min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        for name in {ROWS[n].settings for n in self.roles().values() if n != "none"}:
+            getattr(self, name).validate(prefix=f"{prefix}{name}.")
+        return self
+
+
+# -- the rows ------------------------------------------------------------------------------------
+
+
+def _angle_layers(model: nn.Module) -> list[str]:
+    return [f"{n}.to_angles" for n, m in model.named_modules() if isinstance(m, QuantumProjection)]
+
+
+def kfac_part(model: nn.Module, cfg: OptimConfig) -> tuple:
+    """K-FAC on ``model``'s linear layers with ``cfg.kfac``, an SGD step at ``cfg.kfac.lr``.
+
+    Unless ``cfg.kfac.to_angles``, the ``to_angles`` layer of every ``QuantumProjection`` is
+    left to AdamW: natural-gradient steps there drive ``pi * tanh`` into saturation, where its
+    gradient vanishes, the Fisher shrinks and the next steps grow (in tuning runs of the
+    default model, training stalled at the unigram loss)."""
+    settings = cfg.kfac.preconditioner_kwargs()
+    if not cfg.kfac.to_angles:
+        settings["exclude"] += _angle_layers(model)
+    return ("kfac", KFACPreconditioner(model, **settings), cfg.kfac.lr, {"momentum": cfg.kfac.momentum})
+
+
+def eigen_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
+    """Adam in K-FAC's eigenbasis (``hybrid.optim.eigen_adam``) on the linear layers; the SGD
+    step applies its direction as is (momentum 0) at ``cfg.eigen_adam.lr``."""
+    settings = cfg.eigen_adam.preconditioner_kwargs()
+    if not cfg.eigen_adam.to_angles:
+        settings["exclude"] += _angle_layers(model)
+    return ("eigen_adam", EigenAdamPreconditioner(model, **settings), cfg.eigen_adam.lr, {"momentum": 0.0})
+
+
+def qng_part(model: nn.Module, cfg: OptimConfig) -> tuple:
+    """QNG on the weights of every ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
+    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    pc = QNGPreconditioner(layers, **cfg.qng.preconditioner_kwargs())
+    return ("qng", pc, cfg.qng.lr, {"momentum": cfg.qng.momentum})
+
+
+def metric_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
+    """Adam in the eigenbasis of each circuit's metric (``hybrid.optim.metric_adam``)."""
+    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    pc = MetricAdamPreconditioner(layers, **cfg.metric_adam.preconditioner_kwargs())
+    return ("metric_adam", pc, cfg.metric_adam.lr, {"momentum": 0.0})
+
+
+def muon_params(model: nn.Module) -> list[nn.Parameter]:
+    """The hidden 2-D matrices Muon trains, as its authors prescribe: the weights of the linear
+    layers inside the model's blocks (K-FAC's layer set), not the embeddings, norms, biases,
+    the LM head (``lm_head``) or circuit weights, which stay with AdamW."""
+    layers, _ = kfac_layers(model, exclude=["lm_head*"] if hasattr(model, "lm_head") else [], max_dim=10**9)
+    return [m.weight for m in layers.values() if m.weight.dim() == 2]
+
+
+@dataclass(frozen=True)
+class Row:
+    role: str  # "linear" or "circuit"
+    settings: str  # the OptimConfig field (the [optim.<settings>] section) it reads
+    build: Callable | None  # (model, cfg) -> (name, preconditioner, lr, group options); None: Muon
+    space: dict[str, tuple[float, float, bool]]  # hybrid tune: key -> (low, high, log scale)
+
+
+ROWS: dict[str, Row] = {
+    "kfac": Row("linear", "kfac", kfac_part, {
+        "optim.kfac.lr": (0.1, 3.0, True), "optim.kfac.damping": (1e-3, 1e-1, True),
+        "optim.kfac.momentum": (0.0, 0.95, False), "optim.kfac.kl_clip": (3e-3, 1e-1, True),
+    }),
+    "eigen_adam": Row("linear", "eigen_adam", eigen_adam_part, {
+        "optim.eigen_adam.lr": (1e-3, 1e-2, True), "optim.eigen_adam.beta2": (0.95, 0.999, False),
+        "optim.eigen_adam.weight_decay": (1e-3, 1e-1, True),
+    }),
+    "muon": Row("linear", "muon", None, {
+        "optim.muon.lr": (1e-3, 3e-2, True), "optim.muon.momentum": (0.8, 0.98, False),
+    }),
+    "qng": Row("circuit", "qng", qng_part, {
+        "optim.qng.lr": (1e-2, 1.0, True), "optim.qng.damping": (1e-4, 1e-1, True),
+        "optim.qng.momentum": (0.0, 0.9, False),
+    }),
+    "metric_adam": Row("circuit", "metric_adam", metric_adam_part, {
+        "optim.metric_adam.lr": (1e-3, 1e-1, True),
+    }),
+}  # fmt: skip
+
+ADAMW_SPACE = {"optim.lr": (1e-3, 1e-2, True), "optim.beta2": (0.95, 0.999, False),
+               "optim.weight_decay": (1e-3, 1e-1, True)}  # fmt: skip
+
+PRESETS: dict[str, tuple[str, str]] = {  # name -> (linear, circuit)
+    "hybrid": ("kfac", "qng"),
+    "kfac": ("kfac", "none"),
+    "qng": ("none", "qng"),
+    "adamw": ("none", "none"),
+    "muon": ("muon", "none"),
+    "muon_qng": ("muon", "qng"),
+    "eigen_adam": ("eigen_adam", "none"),
+    "eigen_hybrid": ("eigen_adam", "qng"),
+}
+OPTIMIZERS = tuple(PRESETS)
+
+
+def search_space(cfg: OptimConfig) -> dict[str, tuple[float, float, bool]]:
+    """The keys ``hybrid tune`` searches for ``cfg``'s roles: AdamW's plus each row's."""
+    space = dict(ADAMW_SPACE)
+    for name in cfg.roles().values():
+        if name != "none":
+            space.update(ROWS[name].space)
+    return space
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
+    """The optimizer ``cfg`` asks for, over every trainable parameter of ``model``.
+
+    ``hybrid`` (the default): K-FAC on the classical ``nn.Linear`` layers (SGD step at
+    ``cfg.kfac.lr``), quantum natural gradient on the weights of every ``QuantumLayer`` (one
+    metric block each, SGD step at ``cfg.qng.lr``), AdamW on the rest (embeddings, norms,
+    biases of excluded layers). A model without circuits gets K-FAC + AdamW.
+    ``kfac``: K-FAC on the ``nn.Linear`` layers, AdamW on the rest, circuit weights included.
+    ``qng``: quantum natural gradient on the circuit weights, AdamW on the rest.
+    ``muon``: ``torch.optim.Muon`` on the blocks' matrices, AdamW on the rest.
+    ``muon_qng``: Muon, QNG on the circuit weights, AdamW on the rest.
+    ``eigen_adam``: Adam in K-FAC's eigenbasis on the linear layers (SOAP/EKFAC-style), AdamW on the rest.
+    ``eigen_hybrid``: ``eigen_adam`` plus QNG on the circuit weights.
+    ``adamw``: AdamW on everything.
+
+    Raises:
+        InputError: a setting out of range, or QNG asked for a model without circuits.
+    """
+    cfg.validate()
+    trainable_parameters(model)  # tied weights: one clear error before any hook is placed
+    roles = cfg.roles()
+    has_circuit = any(isinstance(m, QuantumLayer) for m in model.modules())
+    if roles["circuit"] != "none" and not has_circuit:
+        if cfg.circuit or cfg.name == "qng":
+            raise InputError(f"optimizer {roles['circuit']} needs a circuit in the model; "
+                             "use --quantum head or ffn, or another --optimizer")  # fmt: skip
+        roles["circuit"] = "none"  # hybrid on a classical model: K-FAC + AdamW
+    preconditioners, muon = [], None
+    for name in roles.values():
+        if name == "muon":
+            m = cfg.muon
+            muon = (muon_params(model), {"lr": m.lr, "momentum": m.momentum, "nesterov": m.nesterov,
+                                         "ns_steps": m.ns_steps, "adjust_lr_fn": m.adjust_lr_fn,
+                                         "weight_decay": cfg.weight_decay})  # fmt: skip
+        elif name != "none":
+            preconditioners.append(ROWS[name].build(model, cfg))
+    return HybridOptimizer(model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           betas=(cfg.beta1, cfg.beta2), muon=muon)  # fmt: skip
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warmup, then cosine decay
+    to ``cfg.min_lr_ratio`` at ``total_steps``. Drives ``torch.optim.lr_scheduler.LambdaLR``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
