@@ -38,15 +38,15 @@ from hybrid.train import train_step  # noqa: E402
 VARIANTS = {
     "adamw": {"optim.name": "adamw"},
     "kfac": {"optim.name": "kfac"},
-    "kfac, cholesky": {"optim.name": "kfac", "optim.kfac_inverse": "cholesky"},
+    "kfac, cholesky": {"optim.name": "kfac", "optim.kfac.inverse": "cholesky"},
     "kfac, fisher=mc": {"optim.name": "kfac", "optim.fisher": "mc"},
     "qng": {"optim.name": "qng"},
     "hybrid": {"optim.name": "hybrid"},
     # the shipped defaults decompose every 10 steps (stale inverses stall early training)
-    "kfac, inverses every 10 (default)": {"optim.name": "kfac", "optim.kfac_inverse_every": 10},
-    "hybrid, inverses every 10 (default)": {"optim.name": "hybrid", "optim.kfac_inverse_every": 10},
+    "kfac, inverses every 10 (default)": {"optim.name": "kfac", "optim.kfac.inverse_every": 10},
+    "hybrid, inverses every 10 (default)": {"optim.name": "hybrid", "optim.kfac.inverse_every": 10},
 }
-SCHEDULE = {"optim.kfac_curvature_every": 10, "optim.kfac_inverse_every": 50}
+SCHEDULE = {"optim.kfac.curvature_every": 10, "optim.kfac.inverse_every": 50}
 WARMUP = 10  # steps before timing: first calls, allocator, first factors; keeps the 10/50 phases aligned
 
 

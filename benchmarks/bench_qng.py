@@ -113,11 +113,11 @@ def main() -> None:
     base = Config()
     rows = [("AdamW on every parameter", apply_overrides(base, {"optim.name": "adamw"}), None)]
     for approx in ("block-diag", "full"):
-        overrides = {"optim.name": "qng", "optim.qng_approx": approx, "optim.qng_curvature_every": 1}
+        overrides = {"optim.name": "qng", "optim.qng.approx": approx, "optim.qng.curvature_every": 1}
         rows.append((f"QNG {approx}, metric every step", apply_overrides(base, overrides), approx))
-    default_every = base.optim.qng_curvature_every
+    default_every = base.optim.qng.curvature_every
     if default_every > 1:
-        overrides = {"optim.name": "qng", "optim.qng_approx": "block-diag"}
+        overrides = {"optim.name": "qng", "optim.qng.approx": "block-diag"}
         rows.append((f"QNG block-diag, metric every {default_every} steps", apply_overrides(base, overrides), None))
 
     print(f"timing {len(rows)} optimizers, {args.repeats} steps each ...", file=sys.stderr)
@@ -125,7 +125,7 @@ def main() -> None:
     table = [
         f"### One training step, default model ({base.train.batch_size} x {base.model.block_size} = "
         f"{base.train.batch_size * base.model.block_size} circuit inputs, "
-        f"{base.optim.qng_metric_samples} metric samples)",
+        f"{base.optim.qng.metric_samples} metric samples)",
         "",
         "| optimizer | ms / step | vs AdamW |",
         "|---|---:|---:|",
@@ -139,7 +139,7 @@ def main() -> None:
     layer = hybrid.QuantumLayer(circuits.make_circuit(c.name, c.n_qubits, c.n_layers, c.measure)).double()
     inputs = torch.rand(args.metric_inputs, layer.n_inputs, dtype=torch.float64) * 2 * np.pi
     weights = layer.weights.detach().numpy()
-    big = torch.rand(base.optim.qng_metric_samples, layer.n_inputs, dtype=torch.float64) * 2 * np.pi
+    big = torch.rand(base.optim.qng.metric_samples, layer.n_inputs, dtype=torch.float64) * 2 * np.pi
     table += [
         "",
         f"### The metric of the default circuit ({c.name}, {c.n_qubits} qubits, {c.n_layers} layers, "

@@ -50,7 +50,8 @@ def scrub(text: str) -> str:
 
 
 def connect(factory=None):
-    """An ``IBMService`` on the account qiskit-ibm-runtime finds (see the module docstring).
+    """The ``QiskitRuntimeService`` on the account qiskit-ibm-runtime finds (see the module docstring);
+    ``hybrid.ibm.jobs.IBMService`` wraps it.
 
     Args:
         factory: builds the service; default ``QiskitRuntimeService`` with no arguments.
@@ -59,8 +60,6 @@ def connect(factory=None):
         ServiceError: qiskit-ibm-runtime is missing, no account is saved or set, the service is
             unreachable, or it rejects the token. The message never contains the token.
     """
-    from hybrid.ibm.jobs import IBMService
-
     try:
         from qiskit_ibm_runtime import QiskitRuntimeService
         from qiskit_ibm_runtime.accounts import AccountManager, AccountNotFoundError
@@ -76,7 +75,7 @@ def connect(factory=None):
         except Exception as error:  # a malformed file or variable
             raise ServiceError(f"the IBM Quantum account is invalid ({reason(error)}); {SAVE_HINT}") from None
         factory = QiskitRuntimeService
-    return IBMService(ibm_call(factory, "connect to IBM Quantum"))
+    return ibm_call(factory, "connect to IBM Quantum")
 
 
 def ibm_call(fn, what: str):

@@ -30,6 +30,7 @@ import numpy as np
 from hybrid.checkpoint import atomic_write
 from hybrid.errors import InputError
 from hybrid.ibm import devices
+from hybrid.ibm.credentials import ServiceError, describe, ibm_call, reason
 
 MODES = ("job", "batch", "session")
 DD_SEQUENCES = ("", "XX", "XpXm", "XY4")
@@ -272,7 +273,6 @@ class IBMService:
     def backend(self, name: str, noise: str = ""):
         if noise:
             raise InputError(f"execution.noise applies to qiskit.aer only; {name} has its own noise")
-        from hybrid.ibm.credentials import ibm_call
 
         return ibm_call(lambda: self.service.backend(name), f"look up backend {name}")
 
@@ -282,21 +282,18 @@ class IBMService:
         return job_id
 
     def job(self, job_id: str):
-        from hybrid.ibm.credentials import ibm_call
 
         if job_id not in self.live:
             self.live[job_id] = ibm_call(lambda: self.service.job(job_id), f"retrieve job {job_id}")
         return self.live[job_id]
 
     def status(self, job_id: str) -> str:
-        from hybrid.ibm.credentials import ibm_call
 
         return normalize_status(ibm_call(self.job(job_id).status, f"ask for the status of job {job_id}"))
 
     def result(self, job_id: str, timeout: float) -> JobResult:
         from qiskit_ibm_runtime.exceptions import RuntimeJobFailureError, RuntimeJobTimeoutError
 
-        from hybrid.ibm.credentials import ServiceError, describe, reason
 
         job = self.job(job_id)
         try:
@@ -311,12 +308,10 @@ class IBMService:
             raise ServiceError(describe(error, f"fetch job {job_id}")) from None
 
     def find(self, tag: str) -> str | None:
-        from hybrid.ibm.credentials import ibm_call
 
         jobs = ibm_call(lambda: self.service.jobs(job_tags=[tag], limit=1), f"search jobs tagged {tag}")
         return jobs[0].job_id() if jobs else None
 
     def cancel(self, job_id: str) -> None:
-        from hybrid.ibm.credentials import ibm_call
 
         ibm_call(self.job(job_id).cancel, f"cancel job {job_id}")

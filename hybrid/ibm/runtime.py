@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hybrid.errors import InputError
+from hybrid.ibm.credentials import ServiceError, connect, describe
 from hybrid.ibm.isa import IsaCircuit, transpile
 from hybrid.ibm.jobs import (
     FINAL_STATES,
@@ -188,9 +189,7 @@ class Runtime:
         if backend.service != "ibm":
             return self.local
         if self.ibm is None:
-            from hybrid.ibm.credentials import connect
-
-            self.ibm = connect()
+            self.ibm = IBMService(connect())
         return self.ibm
 
     def device(self, backend, noise: str = ""):
@@ -322,7 +321,6 @@ class Runtime:
                 if attempt or self.options.mode == "job" or not _session_closed(error):
                     if service.local:
                         raise
-                    from hybrid.ibm.credentials import ServiceError, describe
 
                     raise ServiceError(describe(error, f"submit a job to {backend.name}")) from None
                 log.info("%s closed; opening a new one", self.options.mode)
