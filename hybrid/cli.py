@@ -1,4 +1,4 @@
-"""The ``hybrid`` command line: ``hybrid train``, ``hybrid sample``, ``hybrid submit``, ``hybrid jobs``.
+"""The ``hybrid`` command line: ``hybrid train``, ``sweep``, ``tune``, ``sample``, ``submit``, ``jobs``.
 
 Bad input ends in one line on stderr, ``error: <problem>; <fix>``, exit status 2, and no
 traceback.
@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config key (repeatable)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=run_sweep)
+
+    tune = commands.add_parser(
+        "tune", help="tune each optimizer with Optuna, then train its best config on several seeds"
+    )
+    tune.add_argument("--out", type=Path, required=True, help="study folder (rerun the command to resume)")
+    tune.add_argument("--optimizers", default="adamw,kfac,hybrid", help="comma-separated optimizer names")
+    tune.add_argument("--trials", type=int, default=8, help="complete + pruned trials per optimizer, all workers")
+    tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
+    tune.add_argument("--seeds", type=int, default=5, help="seeds of each best config's final runs")
+    tune.add_argument("--storage", help="Optuna database URL shared by workers (default: sqlite:///OUT/study.sqlite3)")
+    tune.add_argument("--config", type=Path, help="base TOML config of every run")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config key (repeatable)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune.set_defaults(handler=run_tune)
 
     sample = commands.add_parser("sample", help="generate text from a run's checkpoint")
     sample.add_argument("--run", type=Path, required=True, metavar="DIR", help="run folder")
@@ -177,6 +191,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     )  # fmt: skip
     rows = sweep(base, grid, args.out, workers=args.workers, progress=not args.quiet)
     print(f"{len(rows)} runs: {args.out / RESULTS}, fits: {args.out / FITS}, plot: {args.out / PLOT}")
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from hybrid.tune import TABLE, tune
+
+    base = load_config(args.config) if args.config else Config()
+    base = apply_overrides(base, {"train.steps": args.steps, "train.sample_chars": 0, **set_overrides(args.set)})
+    optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet)
+    print(f"table: {args.out / TABLE}, best configs: {args.out}/best-<optimizer>.toml")
     return 0
 
 

@@ -1,0 +1,138 @@
+"""Tests for hybrid/tune.py: the trial budget holds across killed and concurrent workers, pruned
+trials are recorded, bad input fails before any trial, and the best config trains."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hybrid.cli import main
+from hybrid.config import Config, apply_overrides
+from hybrid.tables import read_table
+from hybrid.tune import open_storage, recover, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model.n_embd": 16, "model.n_head": 2, "model.n_layer": 1, "model.block_size": 8, "train.batch_size": 4,
+        "train.eval_every": 5, "train.eval_batches": 1, "data.corpus_chars": 3000, "train.sample_chars": 0,
+        "circuit.n_qubits": 2, "optim.warmup_steps": 2}  # fmt: skip
+SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+
+
+def argv(out: Path, *extra: str, steps: int = 10, trials: int = 2) -> list[str]:
+    return ["tune", "--out", str(out), "--optimizers", "adamw", "--trials", str(trials), "--seeds", "1",
+            "--steps", str(steps), *SETS, "--quiet", *extra]  # fmt: skip
+
+
+def trials_of(out: Path, name: str = "adamw") -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{out.resolve() / 'study.sqlite3'}"
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def worker(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "hybrid.cli", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+
+
+def test_a_killed_worker_loses_nothing_and_the_best_config_trains(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = argv(out, steps=40, trials=3)
+    proc = worker(args)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill in the middle of the second trial
+        if len(read_table(out / "trials" / "adamw" / "1" / "metrics.csv")) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    before = trials_of(out)
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
+    stamp = (out / "trials" / "adamw" / "0" / "checkpoint.pt").stat().st_mtime_ns
+
+    assert main(args) == 0
+    after = trials_of(out)
+    states = [t.state for t in after]
+    assert states.count(TrialState.COMPLETE) == 3 and states[1] == TrialState.FAIL
+    assert after[0].value == before[0].value  # the finished trial was not run again
+    assert (out / "trials" / "adamw" / "0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    retry = next(t for t in after if t.user_attrs.get("retry_of") == 1)
+    assert retry.params == before[1].params and retry.state == TrialState.COMPLETE
+    assert "| adamw | 3/0 |" in capsys.readouterr().out
+    assert (out / "best-so-far.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")[-1]["step"] == 40
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(out / "best-adamw.toml"), "--out", str(run), "--steps", "5", "--quiet"]) == 0
+    assert read_table(run / "metrics.csv")[-1]["step"] == 5
+
+
+def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
+    out = tmp_path / "study"
+    (out).mkdir()
+    open_storage(f"sqlite:///{out / 'study.sqlite3'}")  # create the tables once, before the race
+    procs = [worker(argv(out, trials=3)) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err.decode()
+    trials = trials_of(out)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_pruned_trials_are_recorded_and_stop_their_run(tmp_path):
+    base = apply_overrides(Config(), {**TINY, "train.steps": 20})
+    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, pruner=AlwaysPrune())
+    trials = trials_of(tmp_path)
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all(t.intermediate_values == {0: t.value} for t in trials)  # pruned at its first evaluation
+    assert read_table(tmp_path / "trials" / "adamw" / "0" / "metrics.csv")[-1]["step"] == 0
+    assert rows[0]["losses"] == [] and "| adamw | 0/2 |" in (tmp_path / "best.md").read_text()
+
+
+def test_a_dead_workers_running_trial_is_failed_and_enqueued_again(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="adamw")
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 1e-3, 1e-2, log=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", int(dead.stdout))
+    trial.set_user_attr("heartbeat", time.time())
+    alive = study.ask()  # this process's own trial, not stale
+    for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}.items():
+        alive.set_user_attr(key, value)
+    assert recover(study) == 1
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert study.get_trials()[2].system_attrs["fixed_params"] == trial.params
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--optimizers", "adamw,sgd"], "unknown optimizer sgd; choose from hybrid, kfac"),
+        (["--set", "optim.nope=1"], "unknown config key 'optim.nope'"),
+        (["--storage", "postgresql://127.0.0.1:1/x"], "--storage postgresql://127.0.0.1:1/x"),
+        (["--storage", "sqlite:////nonexistent/folder/s.db"], "folder exists and is writable"),
+        (["--storage", "not a url"], "use an Optuna URL such as sqlite:///"),
+        (["--trials", "0"], "--trials must be an integer >= 1"),
+        (["--seeds", "0"], "--seeds must be an integer >= 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_any_trial(tmp_path, capsys, extra, message):
+    assert main(argv(tmp_path / "study", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "study" / "trials").exists()
