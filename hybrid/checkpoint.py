@@ -97,6 +97,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
 
     A second process that tries to lock the same folder (say, a resumed sweep while an
     orphaned worker still trains there) fails at once instead of interleaving writes. The
+    holder removes the temporary files of writes a killed process left unfinished. The
     operating system drops the lock when its holder dies, so a crash never leaves it stale.
 
     Raises:
@@ -113,6 +114,8 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
     except BlockingIOError:
         os.close(fd)
         raise InputError(f"{folder} is in use by another process; wait for it to end or use another folder") from None
+    for leftover in Path(folder).glob(".*.tmp"):  # an atomic_write a killed process never finished
+        leftover.unlink(missing_ok=True)
     try:
         yield
     finally:

@@ -72,11 +72,29 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, 
     sampled_fisher_backward(optimizer, logits)  # K-FAC fisher="mc" on curvature steps: a backward with sampled labels
     loss = next_token_loss(logits, y)
     loss.backward()
+    check_finite(loss, optimizer)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+class Diverged(InputError):
+    """The loss or a gradient stopped being finite; the run folder keeps its last good checkpoint."""
+
+
+def check_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``Diverged`` naming the parameter group when the loss or a gradient is NaN or Inf,
+    before the update can write non-finite parameters."""
+    if not torch.isfinite(loss):
+        raise Diverged(f"the training loss is {loss.item()}; lower the learning rates (optim.lr and the "
+                       "preconditioners' lr) or raise damping, then --resume from the last checkpoint")  # fmt: skip
+    for group in optimizer.param_groups:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
+            raise Diverged(f"a gradient of parameter group {group.get('name', '?')!r} is NaN or Inf; lower "
+                           "the learning rates or raise damping, then --resume from the last checkpoint")  # fmt: skip
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, on_step=None) -> RunSummary:
@@ -167,7 +185,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             if step >= cfg.train.steps:
                 break
             batch = _to(dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng), device)
-            losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
+            try:
+                losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
+            except Diverged as error:
+                raise Diverged(f"step {step + 1}: {error}") from None
             scheduler.step()
             step += 1
             interval_tokens += tokens_per_step

@@ -223,6 +223,12 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
         summary = train(run_cfg, run, progress=False, on_step=on_step)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
+    except InputError as error:
+        if type(error).__name__ != "Diverged":  # hybrid.train.Diverged: NaN/Inf loss or gradient
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        trial.set_user_attr("diverged", str(error))
+        study.tell(trial, math.inf)  # the worst value, not a failure: TPE learns to avoid the region
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)  # Ctrl-C or a bug: the slot frees for a rerun
         raise

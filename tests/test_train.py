@@ -97,3 +97,36 @@ def test_resume_extends_a_finished_run(tmp_path):
     cfg.train.steps = 40
     assert train(cfg, tmp_path, resume=True, progress=False).step == 40
     assert [int(r["step"]) for r in rows(tmp_path)] == [0, 20, 40]
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
+    from hybrid.checkpoint import load_checkpoint
+    from hybrid.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--quiet", "--optimizer", "adamw", "--steps", "30", "--qubits", "2",
+            "--set", "model.n_embd=16", "--set", "model.block_size=8", "--set", "train.batch_size=4",
+            "--set", "train.eval_every=5", "--set", "train.eval_batches=1", "--set", "data.corpus_chars=3000",
+            "--set", "train.sample_chars=0", "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=0",
+            "--set", "optim.grad_clip=0"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("NaN or Inf" in err or "training loss is" in err), err
+    assert err.startswith("error: step "), err
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_leftover_temporary_files_of_killed_writes_are_removed_on_the_next_start(tmp_path):
+    from hybrid.checkpoint import folder_lock
+
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    with folder_lock(tmp_path):
+        pass
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kfac_on_a_bare_linear_layer_is_not_reported_as_tied():
+    from hybrid.optim import KFAC
+
+    KFAC(torch.nn.Linear(3, 3), lr=0.1)

@@ -1,6 +1,7 @@
 """Tests for hybrid/tune.py: the trial budget holds across killed and concurrent workers, pruned
 trials are recorded, bad input fails before any trial, and the best config trains."""
 
+import math
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from optuna.trial import TrialState
 
 from hybrid.cli import main
 from hybrid.config import Config, apply_overrides
+from hybrid.errors import InputError
 from hybrid.tables import read_table
 from hybrid.tune import open_storage, recover, tune
 
@@ -85,6 +87,22 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
+
+
+def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
+    class Diverged(InputError):  # as hybrid.train raises on a NaN loss
+        pass
+
+    def diverge(cfg, out, **kwargs):
+        raise Diverged("step 3: the training loss is nan; lower the learning rates")
+
+    monkeypatch.setattr("hybrid.tune.train", diverge)
+    base = apply_overrides(Config(), {**TINY, "train.steps": 10})
+    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False)
+    trials = trials_of(tmp_path)
+    assert [(t.state, t.value) for t in trials] == [(TrialState.COMPLETE, math.inf)] * 2
+    assert "nan" in trials[0].user_attrs["diverged"] and (tmp_path / "best.md").exists()
+    assert rows[0]["losses"] == []
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):

@@ -152,7 +152,8 @@ def kfac_layers(
         elif max(m.out_features, m.in_features + 1) > max_dim:
             skipped[name] = f"a factor wider than max_dim={max_dim}"
         else:
-            tied = [n for p in m.parameters() for n in names[id(p)] if not n.startswith(f"{name}.")]
+            own = f"{name}." if name else ""  # the model itself is the layer: its parameters have no prefix
+            tied = [n for p in m.parameters() for n in names[id(p)] if not n.startswith(own)]
             if tied:
                 raise InputError(
                     f"layer {name!r} shares its parameters with {tied} (tied weights): K-FAC's statistics "
