@@ -23,6 +23,7 @@ import os
 import socket
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -243,7 +244,7 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
 def _final(study: optuna.Study, cfg: Config, seeds: int, out: Path, progress: bool) -> dict:
     """Write ``best-<name>.toml`` and train it with seeds 0..seeds-1 (finished seeds are kept)."""
     name = study.study_name
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)]
     row = {"optimizer": name, "trial": None, "params": {}, "losses": [], "trials": _counts(study)}
     if not complete:
         return row  # every trial was pruned or failed: nothing to re-run
@@ -254,8 +255,14 @@ def _final(study: optuna.Study, cfg: Config, seeds: int, out: Path, progress: bo
         run = out / "final" / name / f"seed{seed}"
         rows = read_table(run / METRICS)
         if not (rows and rows[-1]["step"] == best_cfg.train.steps):
-            seed_cfg = apply_overrides(best_cfg, {"train.seed": seed})
-            _train_waiting(seed_cfg, run, progress)
+            try:
+                _train_waiting(apply_overrides(best_cfg, {"train.seed": seed}), run, progress)
+            except InputError as error:
+                if type(error).__name__ != "Diverged":
+                    raise
+                print(f"{name} seed {seed} diverged: {error}")
+                row["losses"].append(math.inf)
+                continue
             rows = read_table(run / METRICS)
         row["losses"].append(rows[-1]["val_loss"])
     row.update(trial=best.number, params=best.params)
@@ -298,7 +305,7 @@ def write_report(rows: list[dict], studies: dict[str, optuna.Study], out: Path) 
     for r in rows:
         params = ", ".join(f"{k.removeprefix('optim.')}={v:.3g}" for k, v in r["params"].items()) or "-"
         losses = r["losses"]
-        spread = f" ± {statistics.stdev(losses):.4f}" if len(losses) > 1 else ""
+        spread = f" ± {statistics.stdev(losses):.4f}" if len(losses) > 1 and all(map(_finite, losses)) else ""
         mean = f"{statistics.fmean(losses):.4f}{spread}" if losses else "-"
         per_seed = ", ".join(f"{v:.4f}" for v in losses) or "-"
         counts = f"{r['trials']['complete']}/{r['trials']['pruned']}"
@@ -336,12 +343,14 @@ def _history(study: optuna.Study) -> Figure:
 
 def _importance(study: optuna.Study) -> Figure | None:
     """Parameter importances (PED-ANOVA: no scikit-learn needed), or None with fewer than 2 complete trials."""
-    if _count(study, (TrialState.COMPLETE,)) < 2:
+    if sum(_finite(t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return None
     try:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-        importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ImportError, RuntimeError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "too few trials: importances will be equal" is no plot
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ImportError, RuntimeError, ValueError, Warning):
         return None  # e.g. all complete trials have the same value
     fig = Figure(figsize=(6, 0.5 + 0.4 * len(importance)))
     ax = fig.subplots()
