@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from hybrid.backends import ExecutionConfig, get_backend
+from hybrid.checkpoint import atomic_write
 from hybrid.data import DataConfig
 from hybrid.errors import InputError, check_number
 from hybrid.models import ModelConfig
@@ -109,14 +110,19 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}; pass an existing TOML file") from None
+    except IsADirectoryError:
+        raise InputError(f"config path {path} is a folder; pass a TOML file") from None
+    except PermissionError:
+        raise InputError(f"config file {path} is not readable; check its permissions") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"config file {path} is not valid TOML ({error}); fix the syntax") from None
     return config_from_dict(data, source=str(path))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as TOML."""
-    Path(path).write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")
+    """Write the resolved config as TOML, atomically."""
+    text = tomli_w.dumps(cfg.to_dict()).encode("utf-8")
+    atomic_write(path, lambda file: file.write(text))
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:

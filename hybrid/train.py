@@ -16,6 +16,7 @@ the parameters an uninterrupted run would have.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     out = Path(out)
     if resume:
         _check_same_run(cfg, resume_config(out), out)
+        # A run killed before its first checkpoint has only its config: it starts again from step 0.
+        resume = (out / CHECKPOINT).exists()
     validate(cfg)
     device = torch.device(cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("train.device is cuda but no CUDA GPU is visible; use --device cpu")
+    make_run_folder(out)
 
     # config -> data -> model -> optimizer
     torch.manual_seed(cfg.train.seed)
@@ -131,13 +135,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         for split in ("train", "val")
     }  # fmt: skip
 
-    out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):  # one process per run folder
         step = 0
         if resume:
-            step, seconds_before = _restore(
-                load_checkpoint(out / CHECKPOINT), model, optimizer, scheduler, batch_rng, dataset
-            )
+            state = load_checkpoint(out / CHECKPOINT)
+            _check_same_run(cfg, config_from_dict(state["config"], source=str(out / CHECKPOINT)), out)
+            step, seconds_before = _restore(state, model, optimizer, scheduler, batch_rng, dataset)
             # Rows logged after the checkpoint are replayed by this run: drop them.
             logged = [r for r in read_table(out / METRICS) if r["step"] <= step]
             write_table(out / METRICS, logged)
@@ -204,9 +207,21 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         return RunSummary(step, train_loss, val_loss, dataset.floor, seconds(), out)
 
 
+def make_run_folder(out: Path) -> None:
+    """Create the run folder ``out`` (and its parents), or say in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a run folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the run folder {out} ({error.strerror}); choose another --out") from None
+    if not os.access(out, os.W_OK):
+        raise InputError(f"the run folder {out} is not writable; choose another --out")
+
+
 def resume_config(out: str | Path) -> Config:
     """The saved config of run folder ``out``."""
-    if not (Path(out) / CONFIG).exists():
+    if not (Path(out) / CONFIG).is_file():
         raise InputError(f"{out} is not a run folder (it has no {CONFIG}); start a new run with --out")
     return load_config(Path(out) / CONFIG)
 
