@@ -21,12 +21,13 @@ are patterns: ``fake_manila`` resolves to the ``fake_<device>`` row with that na
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from hybrid.errors import InputError, check_number
+from hybrid.errors import InputError, check_choice, check_number
 from hybrid.sim import statevector
 
 
@@ -46,6 +47,9 @@ class ExecutionConfig:
     optimization_level: int = 1  # preset pass manager level; circuits are transpiled once per run
     max_execution_time: int = 0  # QPU seconds one job may use; 0: the service's default (cap 10800)
     result_timeout: float = 3600.0  # seconds to wait for one job; the journal keeps it for --resume
+    gradient: str = "parameter-shift"  # parameter-shift (1 + 2 x angles) or spsa (1 + 2 x resamplings)
+    resamplings: int = 1  # spsa only: perturbation directions per input, averaged
+    spsa_c: float = 0.1  # spsa only: perturbation size c in (0, pi]; angles are shifted by +-c per direction entry
 
     def validate(self, backend: Backend | None = None, prefix: str = "execution.") -> ExecutionConfig:
         """Ranges of every key; with ``backend``, also whether it can use them (noise on qiskit.aer only).
@@ -54,6 +58,15 @@ class ExecutionConfig:
             InputError: naming the key and the fix.
         """
         check_number(f"{prefix}shots", self.shots, low=0, integer=True)
+        check_choice(f"{prefix}gradient", self.gradient, ("parameter-shift", "spsa"))
+        check_number(f"{prefix}resamplings", self.resamplings, low=1, integer=True)
+        check_number(f"{prefix}spsa_c", self.spsa_c, low=0, low_open=True, high=math.pi)
+        if self.gradient != "spsa" and (self.resamplings, self.spsa_c) != (1, 0.1):
+            raise InputError(f"{prefix}resamplings and {prefix}spsa_c apply to {prefix}gradient='spsa' only; "
+                             f"set {prefix}gradient=spsa (--gradient spsa) or drop them")  # fmt: skip
+        if self.gradient == "spsa" and backend is not None and not backend.samples:
+            raise InputError(f"{prefix}gradient='spsa' is for sampling backends (qiskit.aer, fake_*, ibm_*); "
+                             f"{backend.name} differentiates exactly by autograd: drop --gradient spsa")  # fmt: skip
         from hybrid.ibm.jobs import ExecutionOptions  # plain data; no Qiskit import
 
         ExecutionOptions.from_config(self)

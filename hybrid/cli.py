@@ -20,6 +20,7 @@ TRAIN_FLAGS = {
     "backend": "circuit.backend", "circuit": "circuit.name", "qubits": "circuit.n_qubits",
     "circuit_layers": "circuit.n_layers", "optimizer": "optim.name", "lr": "optim.lr",
     "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
+    "gradient": "execution.gradient",
 }  # fmt: skip
 
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="sequences per step")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--device", help="cpu or cuda")
+    train.add_argument("--gradient", choices=("parameter-shift", "spsa"),
+                       help="sampling backends: parameter-shift (default) or spsa (1 + 2 circuits per input)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set model.n_embd=128 (repeatable)")  # fmt: skip
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-execution-time", type=int, metavar="S", help="QPU seconds one job may use")
     submit.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for one job")
     submit.add_argument("--seed", type=int, help="random seed")
+    submit.add_argument("--gradient", choices=("parameter-shift", "spsa"),
+                        help="parameter-shift (default: 1 + 2 x angles circuits per input) or spsa (1 + 2)")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)")
     submit.add_argument("--dry-run", action="store_true", help="print the cost preview and send nothing")
     submit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -217,6 +222,7 @@ SUBMIT_FLAGS = {
     "noise": "execution.noise", "resilience_level": "execution.resilience_level", "twirling": "execution.twirling",
     "dd": "execution.dd", "optimization_level": "execution.optimization_level",
     "max_execution_time": "execution.max_execution_time", "timeout": "execution.result_timeout", "seed": "train.seed",
+    "gradient": "execution.gradient",
 }  # fmt: skip
 
 

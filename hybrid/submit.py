@@ -10,7 +10,8 @@
 A submit run folder is a ``hybrid train`` run folder plus ``jobs.sqlite`` (the journal),
 ``submit.json`` (task and source), ``submit.log`` and, for local backends, ``local_jobs/``
 (finished results, where IBM's servers would keep them). Training reuses ``hybrid.train``
-as is: each step is one forward with its parameter shifts, so ONE job per step.
+as is: each step is one forward with its parameter shifts (or SPSA perturbations,
+``--gradient spsa``, which the runtime applies to every layer), so ONE job per step.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from hybrid.ibm.credentials import connect, scrub
 from hybrid.ibm.devices import check_noise
 from hybrid.ibm.jobs import FINAL_STATES, ExecutionOptions, JobResult, LocalService
 from hybrid.ibm.journal import JOURNAL, Journal
-from hybrid.ibm.metric import MetricEstimate
-from hybrid.ibm.runtime import Pub, Runtime, measurement_settings
-from hybrid.ibm.shots import ShotExecutor
+from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
+from hybrid.ibm.runtime import Cost, Pub, Runtime, measurement_settings
+from hybrid.ibm.shots import Gradient, ShotExecutor
 from hybrid.models import HybridGPT
 from hybrid.quantum import QuantumLayer
 from hybrid.train import CHECKPOINT, evaluate, resume_config, train
@@ -105,7 +106,8 @@ def submit(args, overrides: dict, ibm=None) -> int:
             ibm = connect()
         # A resumed run previews on its recorded qubits; a new one records them once it starts.
         journal = Journal(out / JOURNAL) if (out / JOURNAL).exists() else None
-        runtime = Runtime(options, journal, LocalService(None if args.dry_run else out / LOCAL_JOBS), ibm)
+        runtime = Runtime(options, journal, LocalService(None if args.dry_run else out / LOCAL_JOBS), ibm,
+                          gradient=Gradient.from_config(cfg.execution))  # fmt: skip
         _print_preview(cfg, backend, task, runtime)  # refuses a job over the limits
         if args.dry_run:
             return 0
@@ -240,29 +242,45 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     settings = measurement_settings(isa.observables(executor.observables))
     tokens = cfg.train.batch_size * cfg.model.block_size
     shifted = int(((program.input_coeffs != 0).any(axis=1) | (program.weight_coeffs != 0).any(axis=1)).sum())
+    gradient = Gradient.from_config(cfg.execution)
+    qng = task == "train" and cfg.optim.roles()["circuit"] == "qng" and cfg.model.quantum != "none"
+    metric_kind = ("qnspsa" if cfg.optim.qng.metric == "qnspsa" else "estimator") if qng else "none"
 
-    def cost(pubs: list) -> object:
+    def cost(pubs: list) -> Cost:
         estimate = runtime.cost(pubs)
         runtime.check_limits(backend, estimate)
         return estimate
 
-    def batch_job(per_input: int) -> object:
+    def batch_job(per_input: int) -> Cost:
         # a stand-in PUB of the job's shape: (tokens, per_input) parameter sets
         return cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
 
+    def metric_cost(kind: str) -> Cost:
+        """The circuits one metric refresh adds (QNG averages it over metric_samples inputs)."""
+        zeros = np.zeros((min(tokens, cfg.optim.qng.metric_samples), program.n_angles))
+        if kind == "none":
+            return Cost(0, runtime.options.shots, 0.0)
+        estimate = (FidelityEstimate(program, cfg.optim.qng.qnspsa_step, None, torch.Generator().manual_seed(0))
+                    if kind == "qnspsa" else MetricEstimate(program))  # fmt: skip
+        return runtime.cost(estimate.pubs(executor, runtime, zeros))
+
     rows = []  # (what, jobs, circuits per job)
-    metric_note = ""
+    metric_note, refresh = "", Cost(0, runtime.options.shots, 0.0)
     if task == "train":
         evaluations = len(set(range(0, cfg.train.steps, cfg.train.eval_every)) | {cfg.train.steps})
-        rows.append(("training step", cfg.train.steps, batch_job(1 + 2 * shifted)))
-        if cfg.optim.roles()["circuit"] == "qng" and cfg.model.quantum != "none":
-            # QNG's metric circuits ride in the training jobs; the first refresh is a job of its own
-            zeros = np.zeros((min(tokens, cfg.optim.qng.metric_samples), program.n_angles))
-            metric = cost(MetricEstimate(program).pubs(executor, runtime, zeros))
+        rows.append(("training step", cfg.train.steps, batch_job(gradient.circuits_per_input(shifted))))
+        if qng:
+            refresh, step = metric_cost(metric_kind), rows[-1][2]
+            runtime.check_limits(backend, Cost(step.circuits + refresh.circuits, step.shots,
+                                               step.qpu_seconds + refresh.qpu_seconds))  # a step's job with its metric
             refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every)
-            rows.append(("QNG metric, first refresh", 1, metric))
-            metric_note = (f"; {refreshes - 1} later metric refreshes add {metric.circuits:,} circuits to their "
-                           "step's job")  # fmt: skip
+            if metric_kind == "estimator":  # the first refresh is a job of its own, later ones ride
+                first = metric_cost("estimator")
+                runtime.check_limits(backend, first)
+                rows.append(("QNG metric, first refresh", 1, first))
+                refreshes -= 1
+            metric_note = (f"; {refreshes} {'later ' * (metric_kind == 'estimator')}metric refreshes add "
+                           f"{refresh.circuits:,} circuits to their step's job")  # fmt: skip
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
     elif task == "eval":
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches, batch_job(1)))
@@ -273,19 +291,34 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     print(f"{task} on {backend.name} ({where}), {runtime.options.shots} shots, mode {runtime.options.mode}, "
           f"{tokens} circuit inputs per batch, qubits {list(isa.layout)}")  # fmt: skip
     total_jobs = total_seconds = 0
-    for what, count, cost in rows:
-        print(f"  {what}: {count} x 1 job of {cost.circuits:,} circuits, {cost.circuit_shots:,} circuit-shots, "
-              f"~{cost.qpu_seconds:,.0f} s QPU")  # fmt: skip
-        total_jobs, total_seconds = total_jobs + count, total_seconds + count * cost.qpu_seconds
+    for what, count, job in rows:
+        print(f"  {what}: {count} x 1 job of {job.circuits:,} circuits, {job.circuit_shots:,} circuit-shots, "
+              f"~{job.qpu_seconds:,.0f} s QPU")  # fmt: skip
+        total_jobs, total_seconds = total_jobs + count, total_seconds + count * job.qpu_seconds
     if metric_note:
-        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - 1
-        total_seconds += refreshes * metric.qpu_seconds
+        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - (metric_kind == "estimator")
+        total_seconds += refreshes * refresh.qpu_seconds
     qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
     print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
           f"mitigation adds to it){metric_note}")  # fmt: skip
-    if task == "train":
-        first = ", 2 at the first step (its QNG metric goes alone)" if metric_note else ""
-        print(f"jobs per step: 1{first} (forward, parameter shifts and QNG metric of the batch in one job)")
+    if task != "train":
+        return
+    first = ", 2 at the first step (its QNG metric goes alone)" if metric_kind == "estimator" else ""
+    what = "parameter shifts" if gradient.method == "parameter-shift" else "SPSA perturbations"
+    print(f"jobs per step: 1{first} (forward, {what} and QNG metric of the batch in one job)")
+    # one step's job for every gradient and metric choice, this run's marked with *
+    print(f"  per training step, {tokens} inputs ({shifted} differentiated angles; QNG metric at "
+          f"{min(tokens, cfg.optim.qng.metric_samples)} inputs, spsa with {gradient.resamplings} resampling"
+          f"{'s' * (gradient.resamplings != 1)}):")  # fmt: skip
+    print(f"    {'gradient':16} {'metric':10} {'circuits':>9} {'circuit-shots':>14} {'QPU s':>8}")
+    for method in ("parameter-shift", "spsa"):
+        per_input = Gradient(method, gradient.resamplings, gradient.c).circuits_per_input(shifted)
+        for kind in ("none", "estimator", "qnspsa"):
+            step = runtime.cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
+            extra = metric_cost(kind)
+            mark = "*" if (method, kind) == (gradient.method, metric_kind) else " "
+            print(f"  {mark} {method:16} {kind:10} {step.circuits + extra.circuits:>9,} "
+                  f"{step.circuit_shots + extra.circuit_shots:>14,} {step.qpu_seconds + extra.qpu_seconds:>8,.0f}")
 
 
 # --- hybrid jobs ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-r"""The block-diagonal metric tensor of the circuit weights, estimated on a device.
+r"""The metric tensor of the circuit weights, estimated on a device: block-diagonal, or QN-SPSA.
 
 Within one layer of commuting rotations :math:`e^{-i\theta_j P_j/2}` (no gate of the layer
 feeds another), the Fubini-Study metric in the gate angles is a covariance of the
@@ -12,6 +12,11 @@ Layers are PennyLane's parametrized layers, as compilation stored them in
 ``GateProgram.layers`` (the blocks of ``qml.metric_tensor(approx="block-diag")``).
 Each layer is one PUB: the gates in the past light cone of the layer, measured on
 :math:`P_j` and :math:`P_j P_k`; all layers go out in one job.
+
+QN-SPSA (``FidelityEstimate``, Gacon et al., Quantum 5, 567, 2021) estimates the full metric
+instead, from four fidelities per input at randomly perturbed weights: compute-uncompute
+circuits :math:`U(w')^\dagger U(w)` measured on the all-zeros projector (2^n Z strings, one
+measurement setting). Four circuits per input whatever the number of weights.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import GATES, GateProgram
+from circuits.program import qiskit_circuit
 from hybrid.ibm.jobs import JobResult
 from hybrid.ibm.runtime import Pub, measurement_settings
 
@@ -135,6 +141,112 @@ class MetricEstimate:
 
     def estimate(self, executor, angles: np.ndarray) -> np.ndarray:
         """Send the metric circuits at ``angles`` (N, n_angles) as one job; returns ``metric``."""
+        runtime = executor.runtime()
+        self.receive(runtime.run(executor.backend, self.pubs(executor, runtime, angles), "metric", executor.noise))
+        return self.metric
+
+
+# --- QN-SPSA: the full metric from fidelities (Gacon et al., Quantum 5, 567, 2021) ------------
+
+
+def qnspsa_shifts(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """The four weight perturbations per input, in units of the step: (M, P), (M, P) -> (M, 4, P):
+    d1 + d2, d1, -d1 + d2, -d1."""
+    return np.stack([d1 + d2, d1, -d1 + d2, -d1], axis=1)
+
+
+def qnspsa_metric(fidelities: np.ndarray, d1: np.ndarray, d2: np.ndarray, step: float) -> np.ndarray:
+    r"""QN-SPSA's metric estimate per input (M, P, P) from the fidelities (M, 4) at the four
+    ``qnspsa_shifts`` and the Rademacher directions ``d1``, ``d2`` (M, P) (eq. 4 of the paper;
+    PennyLane's ``QNSPSAOptimizer`` raw tensor):
+
+    .. math:: \hat g = -\frac{\delta F}{8\epsilon^2}\,(\Delta_1\Delta_2^\top + \Delta_2\Delta_1^\top),
+
+    .. math:: \delta F = F(\epsilon(\Delta_1+\Delta_2)) - F(\epsilon\Delta_1)
+              - F(\epsilon(\Delta_2-\Delta_1)) + F(-\epsilon\Delta_1)
+
+    with :math:`F(x) = |\langle\psi(w)|\psi(w + x)\rangle|^2 \approx 1 - x^\top g x`, so
+    :math:`\delta F \approx -4\epsilon^2 \Delta_1^\top g \Delta_2` and :math:`E[\hat g] = g + O(\epsilon^2)`
+    in PennyLane's convention (a quarter of the quantum Fisher information). Not PSD by itself:
+    QNG averages it over inputs and refreshes and takes its absolute value (``hybrid.optim.qng``).
+    """
+    delta_f = fidelities[:, 0] - fidelities[:, 1] - fidelities[:, 2] + fidelities[:, 3]  # (M,)
+    outer = d1[:, :, None] * d2[:, None, :]  # (M, P, P)
+    return -delta_f[:, None, None] / (8 * step**2) * (outer + outer.transpose(0, 2, 1))
+
+
+def overlap_circuit(program: GateProgram):
+    """The compute-uncompute circuit U(phi)^dagger U(theta): its probability of all zeros is
+    |<psi(phi)|psi(theta)>|^2. Parameters ``theta[j]`` (j < n_angles) are theta's angles,
+    ``theta[n_angles + j]`` phi's, one ``ParameterVector`` so that ``IsaCircuit.columns`` indexes
+    the concatenated (2 n_angles) values."""
+    from qiskit.circuit import ParameterVector
+
+    n = program.n_angles
+    params = ParameterVector("theta", 2 * n)
+    circuit = qiskit_circuit(program, params[:n])
+    return circuit.compose(qiskit_circuit(program, params[n:]).inverse())
+
+
+def zero_projector(n_qubits: int):
+    """|0..0><0..0| = 2^-n sum over subsets S of Z_S, as one ``SparsePauliOp`` (one measurement setting)."""
+    from itertools import combinations
+
+    from qiskit.quantum_info import SparsePauliOp
+
+    terms = [("Z" * k, list(wires), 2.0**-n_qubits) for k in range(n_qubits + 1)
+             for wires in combinations(range(n_qubits), k)]  # fmt: skip
+    return SparsePauliOp.from_sparse_list(terms, n_qubits)
+
+
+class FidelityEstimate:
+    """A ``PubProvider`` for QN-SPSA's metric of the weights at a batch of inputs: per input,
+    four compute-uncompute circuits at weights perturbed by ``step`` times ``qnspsa_shifts``
+    of fresh Rademacher directions, one PUB (M, 4) measured on the all-zeros projector.
+
+    Afterwards ``metric`` (P, P) is the mean of the M per-input estimates (``qnspsa_metric``,
+    not yet averaged over refreshes nor made PSD), ``stderr`` their standard error, and
+    ``fidelities`` (M, 4), ``directions`` (M, 2, P) what it was made from.
+
+    Args:
+        program: the layer's compiled circuit.
+        step: the perturbation size epsilon of the weights (PennyLane's ``finite_diff_step``).
+        max_inputs, generator: as ``MetricEstimate``'s; ``generator`` draws the directions too.
+    """
+
+    def __init__(self, program: GateProgram, step: float, max_inputs: int | None = None, generator=None):
+        self.program, self.step = program, step
+        self.max_inputs, self.generator = max_inputs, generator
+        self.metric = self.stderr = self.fidelities = self.directions = None
+
+    def pubs(self, executor, runtime, angles: np.ndarray) -> list[Pub]:
+        from hybrid.ibm.shots import rademacher
+
+        if self.max_inputs is not None and angles.shape[0] > self.max_inputs:
+            import torch
+
+            rows = torch.randperm(angles.shape[0], generator=self.generator)[: self.max_inputs].numpy()
+            angles = angles[rows]
+        m, n = angles.shape
+        self.directions = rademacher((m, 2, self.program.n_weights), self.generator)  # (M, 2, P)
+        shifts = qnspsa_shifts(self.directions[:, 0], self.directions[:, 1])  # (M, 4, P)
+        moved = angles[:, None, :] + self.step * shifts @ self.program.weight_coeffs.T  # (M, 4, n_angles)
+        both = np.concatenate([np.broadcast_to(angles[:, None, :], moved.shape), moved], axis=-1)  # (M, 4, 2n)
+        label = f"{executor.label}/fidelity"
+        isa = runtime.isa(executor.backend, executor.noise, overlap_circuit(self.program), label, executor.label)
+        observables = isa.observables([zero_projector(self.program.n_qubits)])
+        return [Pub("fidelity", isa, observables, isa.values(both)[..., None, :], 1)]
+
+    def receive(self, result: JobResult) -> None:
+        self.fidelities = result.evs[0][..., 0]  # (M, 4)
+        d1, d2 = self.directions[:, 0], self.directions[:, 1]
+        per_input = qnspsa_metric(self.fidelities, d1, d2, self.step)  # (M, P, P)
+        self.metric = per_input.mean(axis=0)
+        m = per_input.shape[0]
+        self.stderr = per_input.std(axis=0, ddof=1) / np.sqrt(m) if m > 1 else np.full_like(self.metric, np.inf)
+
+    def estimate(self, executor, angles: np.ndarray) -> np.ndarray:
+        """Send the fidelity circuits at ``angles`` (N, n_angles) as one job; returns ``metric``."""
         runtime = executor.runtime()
         self.receive(runtime.run(executor.backend, self.pubs(executor, runtime, angles), "metric", executor.noise))
         return self.metric

@@ -17,12 +17,27 @@ through ``angles = inputs @ input_coeffs.T + weights @ weight_coeffs.T + offsets
 something differentiable depends on are shifted. A forward pass without autograd (evaluation,
 sampling) sends the forward PUB alone. Extra PUBs (metric-tensor circuits for QNG) ride in
 the same job: see ``ShotExecutor.extras``.
+
+SPSA (Spall 1992; ``execution.gradient = "spsa"``) replaces the S shifted angles by
+``R = execution.resamplings`` random directions per input, :math:`\Delta \in \{\pm1\}^S`
+over the same angles, drawn from torch's global generator (seeded by ``train.seed``, saved in
+every checkpoint, so a resumed run sends the same PUBs and the journal finds its jobs):
+
+.. math:: \hat J = \frac1R \sum_r \frac{\langle O \rangle_{\theta + c\Delta_r}
+          - \langle O \rangle_{\theta - c\Delta_r}}{2c}\,\Delta_r^\top
+
+    spsa     values (N, 2, R, 1, P)    -> evs (N, 2, R, n_outputs)   (+c Delta, -c Delta)
+
+:math:`E[\hat J] = J + O(c^2)` (exact for the linear part; the cubic Taylor term biases it by
+at most ``c^2/6`` times the third derivatives), and the backward pass is the same product.
+A step costs 1 + 2R circuits per input instead of 1 + 2S.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -32,6 +47,44 @@ from circuits.program import GateProgram, qiskit_observables
 from hybrid.ibm.isa import angle_circuit
 from hybrid.ibm.jobs import ExecutionOptions, JobResult
 from hybrid.ibm.runtime import Pub, Runtime, current_runtime, measurement_settings
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """How a recorded forward pass is differentiated: ``execution.gradient``, ``resamplings``, ``spsa_c``."""
+
+    method: str = "parameter-shift"  # or "spsa"
+    resamplings: int = 1  # spsa: directions per input
+    c: float = 0.1  # spsa: perturbation size
+
+    @classmethod
+    def from_config(cls, execution) -> Gradient:
+        """From an ``ExecutionConfig`` (validated there)."""
+        return cls(execution.gradient, execution.resamplings, execution.spsa_c)
+
+    def circuits_per_input(self, shifted: int) -> int:
+        """Circuits a recorded forward sends per input when ``shifted`` angles are differentiated."""
+        if shifted == 0:
+            return 1
+        return 1 + 2 * (self.resamplings if self.method == "spsa" else shifted)
+
+
+def spsa_angles(angles: np.ndarray, delta: np.ndarray, c: float) -> np.ndarray:
+    """(N, n_angles) angles, (N, R, n_angles) directions -> (N, 2, R, n_angles): theta + c delta, theta - c delta."""
+    sign = np.array([1.0, -1.0])[None, :, None, None]  # (1, 2, 1, 1)
+    return angles[:, None, None, :] + sign * c * delta[:, None]
+
+
+def spsa_jacobian(plus: np.ndarray, minus: np.ndarray, delta: np.ndarray, c: float) -> np.ndarray:
+    """SPSA's Jacobian estimate (N, n_outputs, n_angles) from the values (N, R, n_outputs) at
+    theta +- c delta and the directions (N, R, n_angles): the mean over r of
+    (plus - minus) / (2c) delta_r^T (1 / delta = delta for +-1 entries; 0 off the shifted angles)."""
+    return np.einsum("nro,nra->noa", (plus - minus) / (2 * c), delta) / delta.shape[1]
+
+
+def rademacher(shape: tuple[int, ...], generator=None) -> np.ndarray:
+    """Independent +-1 entries, float64, from ``generator`` (torch's global one when None)."""
+    return (torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) * 2 - 1).numpy()
 
 
 class PubProvider(Protocol):
@@ -51,6 +104,8 @@ class ShotExecutor:
         program: the compiled circuit.
         backend: a ``hybrid.backends.Backend`` row of engine ``qiskit``.
         options: shots and execution options; ``noise``: Aer noise of a fake device.
+        gradient: parameter shift (default) or SPSA; an active ``Runtime`` with a ``gradient``
+            (``hybrid submit``) overrides it.
 
     Attributes:
         extras: providers whose PUBs join the next forward job that autograd records, then
@@ -58,8 +113,10 @@ class ShotExecutor:
         last_result: the latest job's ``JobResult`` (evs and standard errors of each PUB).
     """
 
-    def __init__(self, program: GateProgram, backend, options: ExecutionOptions, noise: str = ""):
+    def __init__(self, program: GateProgram, backend, options: ExecutionOptions, noise: str = "",
+                 gradient: Gradient | None = None):  # fmt: skip
         self.program = program
+        self.gradient = gradient or Gradient()
         self.backend = backend
         self.options = options
         self.noise = noise
@@ -71,13 +128,17 @@ class ShotExecutor:
 
     # -- QNG's metric, riding in the next training job ----------------------------------------------
 
-    def queue_metric(self, samples: int, generator) -> None:
-        """Queue the block-diagonal metric circuits on the next recorded forward job, at
-        ``samples`` of its inputs drawn with ``generator``; ``take_metric`` collects the result."""
-        from hybrid.ibm.metric import MetricEstimate
+    def queue_metric(self, samples: int, generator, qnspsa_step: float | None = None) -> None:
+        """Queue the block-diagonal metric circuits (or, with ``qnspsa_step``, QN-SPSA's
+        fidelity circuits) on the next recorded forward job, at ``samples`` of its inputs
+        drawn with ``generator``; ``take_metric`` collects the result."""
+        from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
 
         self.drop_metric()
-        self.riding_metric = MetricEstimate(self.program, samples, generator)
+        if qnspsa_step is None:
+            self.riding_metric = MetricEstimate(self.program, samples, generator)
+        else:
+            self.riding_metric = FidelityEstimate(self.program, qnspsa_step, samples, generator)
         self.extras.append(self.riding_metric)
 
     def take_metric(self) -> np.ndarray | None:
@@ -105,14 +166,22 @@ class ShotExecutor:
 
     def run(self, angles: np.ndarray, shift: np.ndarray | None, purpose: str) -> tuple[np.ndarray, np.ndarray | None]:
         """Expectation values (N, n_outputs) at gate angles (N, n_angles) and, when ``shift``
-        (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift."""
+        (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift
+        or its SPSA estimate (``gradient``), all in one job."""
         runtime = self.runtime()
+        gradient = getattr(runtime, "gradient", None) or self.gradient
         isa = self.isa(runtime)
         observables = isa.observables(self.observables)
         settings = measurement_settings(observables)
         pubs = [Pub("forward", isa, observables, isa.values(angles)[:, None, :], settings)]
         shifted = np.flatnonzero(shift) if shift is not None else np.zeros(0, dtype=int)
-        if len(shifted):
+        spsa = gradient.method == "spsa" and len(shifted) > 0
+        if spsa:
+            delta = np.zeros((angles.shape[0], gradient.resamplings, angles.shape[1]))  # (N, R, n_angles)
+            delta[..., shifted] = rademacher((angles.shape[0], gradient.resamplings, len(shifted)))
+            values = isa.values(spsa_angles(angles, delta, gradient.c))  # (N, 2, R, P)
+            pubs.append(Pub("spsa", isa, observables, values[..., None, :], settings))
+        elif len(shifted):
             delta = np.zeros((2, len(shifted), angles.shape[1]))  # (2, S, n_angles)
             delta[0, np.arange(len(shifted)), shifted] = math.pi / 2
             delta[1, np.arange(len(shifted)), shifted] = -math.pi / 2
@@ -135,7 +204,10 @@ class ShotExecutor:
         if shift is None:
             return values, None
         jacobian = np.zeros((angles.shape[0], len(self.observables), angles.shape[1]))  # (N, n_outputs, n_angles)
-        if len(shifted):
+        if spsa:
+            plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, R, n_outputs)
+            jacobian = spsa_jacobian(plus, minus, delta, gradient.c)
+        elif len(shifted):
             plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, S, n_outputs)
             jacobian[:, :, shifted] = ((plus - minus) / 2).transpose(0, 2, 1)
         return values, jacobian
@@ -157,7 +229,7 @@ class _ShiftExpectation(torch.autograd.Function):
 
 def expectation(executor: ShotExecutor, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(N, n_inputs) angles -> (N, n_outputs) sampled expectation values, differentiable
-    by parameter shift (see the module docstring). Runs in float64, returns ``weights.dtype``."""
+    by parameter shift or SPSA (see the module docstring). Runs in float64, returns ``weights.dtype``."""
     program = executor.program
     input_coeffs = torch.as_tensor(program.input_coeffs, dtype=torch.float64, device=inputs.device)
     weight_coeffs = torch.as_tensor(program.weight_coeffs, dtype=torch.float64, device=inputs.device)

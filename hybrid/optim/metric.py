@@ -18,6 +18,12 @@ Two methods, one answer:
     "estimator": the layer's own Qiskit backend (``qiskit.aer``, ``fake_*``, ``ibm_*``): the
                  block-diagonal metric from generator covariances, every input and layer of
                  the metric in one EstimatorV2 job (``hybrid.ibm.metric``); the default there.
+
+QNG's ``metric`` setting picks among them: ``"exact"`` is the backend row's default method
+(the two above), ``"estimator"`` forces the estimator, ``"qnspsa"`` is Gacon et al.'s
+QN-SPSA estimate of the full metric from fidelities (``qnspsa_sample``: exact overlaps on the
+simulator; on a Qiskit backend, compute-uncompute circuits in the training job), which QNG
+averages over refreshes (``hybrid.optim.qng``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from hybrid.sim.statevector import final_state
 
 APPROXIMATIONS = ("diag", "block-diag", None)
 METHODS = ("exact", "pennylane", "estimator")
+METRICS = ("exact", "estimator", "qnspsa")  # QNG's optim.qng.metric: how G is obtained (see above)
 MAX_CHUNK_AMPLITUDES = 2**24  # states held at once by the exact method (256 MiB of complex128)
 
 
@@ -257,3 +264,40 @@ def _has_trainable_phase_shift(circuit) -> bool:
         return False  # cannot tell; PennyLane decides
     weighted = np.any(program.weight_coeffs != 0, axis=1)
     return any(g.name == "PhaseShift" and weighted[g.angle] for g in program.gates)
+
+
+# --- qnspsa: QN-SPSA's estimate from exact overlaps on the statevector simulator ----------
+
+
+def qnspsa_sample(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor, step: float,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One QN-SPSA estimate per row of ``inputs`` (fresh directions from ``generator``), with the
+    four fidelities computed exactly on the simulator; returns their mean (P, P) and standard
+    error (P, P), float64. The estimator is ``hybrid.ibm.metric.qnspsa_metric``, the same one the
+    Qiskit backends use on measured fidelities; its mean is the metric up to O(step^2).
+    """
+    from hybrid.ibm.metric import qnspsa_metric, qnspsa_shifts  # numpy only: no Qiskit import
+
+    device = weights.device
+    trainable, shifted, _, _ = _shift_program(program)
+    M, P = inputs.shape[0], program.n_weights
+    directions = (torch.randint(0, 2, (M, 2, P), generator=generator, dtype=torch.float64) * 2 - 1).numpy()
+    shifts = qnspsa_shifts(directions[:, 0], directions[:, 1])  # (M, 4, P)
+    moves = step * shifts @ program.weight_coeffs[trainable].T  # (M, 4, K): shifts of the trainable angles
+    moves = np.concatenate([np.zeros((M, 1, len(trainable))), moves], axis=1)  # (M, 5, K); row 0: unmoved
+    rows = inputs.to(device, torch.float64)[:, None, :].expand(M, 5, -1)
+    batch = torch.cat([rows, torch.as_tensor(moves, device=device)], dim=-1)  # (M, 5, n_inputs + K)
+    states = final_state(shifted, batch.reshape(M * 5, -1), weights.to(torch.float64)).reshape(M, 5, -1)
+    fidelities = torch.einsum("nd,nkd->nk", states[:, 0].conj(), states[:, 1:]).abs() ** 2  # (M, 4)
+    per_input = qnspsa_metric(fidelities.cpu().numpy(), directions[:, 0], directions[:, 1], step)  # (M, P, P)
+    stderr = per_input.std(axis=0, ddof=1) / math.sqrt(M) if M > 1 else np.full((P, P), np.inf)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    return as_tensor(per_input.mean(axis=0)), as_tensor(stderr)
+
+
+def absolute(metric: torch.Tensor) -> torch.Tensor:
+    """sqrt(G G): G with its eigenvalues replaced by their absolute values, the PSD matrix
+    QN-SPSA preconditions with (Gacon et al., eq. 9, before the regularization + beta I, which
+    is QNG's damping here)."""
+    eigenvalues, vectors = torch.linalg.eigh((metric + metric.T) / 2)
+    return (vectors * eigenvalues.abs()) @ vectors.T

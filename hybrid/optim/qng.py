@@ -7,6 +7,13 @@ convention) averaged over a random subsample of the inputs that reached the laye
 latest training forward pass: a transformer sends a per-token layer B*T inputs per step, and
 the metric depends on the input. Several layers give a block-diagonal G, one block each.
 
+``metric`` picks how G is obtained: ``"exact"`` the backend row's default (the state Jacobian
+on simulators, generator covariances on Qiskit backends), ``"estimator"`` the latter forced,
+``"qnspsa"`` QN-SPSA (Gacon et al., Quantum 5, 567, 2021): an unbiased (to O(step^2)) estimate
+of the full metric from four fidelities per sampled input, averaged over the refreshes as the
+paper does, ``G_k = (k G_{k-1} + g_k) / (k + 1)``, and used as ``sqrt(G_k G_k)`` (its absolute
+value, PSD), the paper's regularization with ``damping`` as its beta.
+
 ``QNGPreconditioner`` rewrites the gradients (the ``Preconditioner`` protocol of
 ``hybrid.optim``, so ``HybridOptimizer`` steps them with SGD beside AdamW on the rest); ``QNG``
 is the same update as a standalone ``torch.optim.Optimizer``.
@@ -18,10 +25,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.optim.metric import check_approx, default_method, metric_tensor
+from hybrid.optim.metric import (
+    METRICS,
+    absolute,
+    check_approx,
+    default_method,
+    layer_labels,
+    metric_tensor,
+    qnspsa_sample,
+)
 from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.quantum import QuantumLayer
 
@@ -38,6 +54,8 @@ class QNGSettings:
     approx: str = "block-diag"  # metric approximation: diag, block-diag or full
     curvature_every: int = 1  # steps between metric refreshes; the metric is reused in between
     metric_samples: int = 64  # circuit inputs of the latest batch the metric is averaged over
+    metric: str = "exact"  # exact (the backend's default method), estimator, or qnspsa (averaged over refreshes)
+    qnspsa_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
 
     def validate(self, prefix: str = "optim.qng.") -> QNGSettings:
         """Raise InputError naming ``prefix + key`` for the first setting out of range."""
@@ -47,12 +65,15 @@ class QNGSettings:
         check_number(f"{prefix}curvature_every", self.curvature_every, low=1, integer=True)
         check_number(f"{prefix}metric_samples", self.metric_samples, low=1, integer=True)
         check_choice(f"{prefix}approx", "full" if self.approx is None else self.approx, APPROX)
+        check_choice(f"{prefix}metric", self.metric, METRICS)
+        check_number(f"{prefix}qnspsa_step", self.qnspsa_step, low=0, low_open=True, high=math.pi)
         return self
 
     def preconditioner_kwargs(self) -> dict:
         """The keyword arguments of ``QNGPreconditioner``."""
         return {"damping": self.damping, "approx": self.approx, "curvature_every": self.curvature_every,
-                "metric_samples": self.metric_samples}  # fmt: skip
+                "metric_samples": self.metric_samples, "metric": self.metric,
+                "qnspsa_step": self.qnspsa_step}  # fmt: skip
 
 
 _DEFAULT = QNGSettings()
@@ -109,6 +130,8 @@ class QNGPreconditioner:
         metric_samples: inputs per layer the metric is averaged over.
         seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
         method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
+        metric: ``"exact"`` (``method``'s choice), ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
+        qnspsa_step: QN-SPSA's perturbation size of the weights.
 
     Raises:
         InputError: no layers, a module that is not a ``QuantumLayer``, a layer given twice, or
@@ -124,29 +147,43 @@ class QNGPreconditioner:
         metric_samples: int = _DEFAULT.metric_samples,
         seed: int | None = None,
         method: str | None = None,
+        metric: str = _DEFAULT.metric,
+        qnspsa_step: float = _DEFAULT.qnspsa_step,
     ):
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
             raise InputError("QNG needs one or more QuantumLayer modules; pass the model's circuits")
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
-        QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every,
-                    metric_samples=metric_samples).validate(prefix="")  # fmt: skip
+        QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every, metric_samples=metric_samples,
+                    metric=metric, qnspsa_step=qnspsa_step).validate(prefix="")  # fmt: skip
         self.approx = check_approx(approx)
         self.damping = float(damping)
         self.curvature_every = curvature_every
         self.metric_samples = metric_samples
-        self.method = method
+        self.metric, self.qnspsa_step = metric, float(qnspsa_step)
+        self.method = "estimator" if metric == "estimator" else method
+        if metric == "estimator" and not all(layer.backend.samples for layer in self.layers):
+            name = next(layer.backend.name for layer in self.layers if not layer.backend.samples)
+            raise InputError(f"optim.qng.metric='estimator' runs on Qiskit backends (qiskit.aer, fake_*, ibm_*), "
+                             f"not {name}; use metric='exact' or 'qnspsa'")  # fmt: skip
+        if metric == "qnspsa" and any(layer.program is None for layer in self.layers):
+            raise InputError("optim.qng.metric='qnspsa' needs circuits that compile to gates (circuits.TEMPLATES); "
+                             "use metric='exact'")  # fmt: skip
+        self.average: list[torch.Tensor] = []  # qnspsa: the running average of the raw estimates, per layer
+        self.refreshes = 0  # qnspsa: estimates in that average
         self.params = [layer.weights for layer in self.layers]
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
         self.calls = 0
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
-        on_qiskit = [layer for layer in self.layers if (method or default_method(layer)) == "estimator"]
-        if on_qiskit and self.approx is None:
+        on_qiskit = [layer for layer in self.layers if (self.method or default_method(layer)) == "estimator"]
+        if on_qiskit and self.approx is None and metric != "qnspsa":
             raise InputError(
                 f"QNG's full metric cannot be estimated on {on_qiskit[0].backend.name}: "
-                "use approx='block-diag' (or 'diag') there"
+                "use approx='block-diag' (or 'diag') there, or metric='qnspsa'"
             )
+        if metric == "qnspsa":  # the first refresh rides in the first training job too
+            self.queue_estimates()
 
     def precondition(self, lr: float) -> None:
         """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused).
@@ -168,13 +205,16 @@ class QNGPreconditioner:
             self.queue_estimates()
 
     def queue_estimates(self) -> None:
-        """Queue the block-diagonal metric circuits of every layer on a Qiskit backend on its
-        next training job, at ``metric_samples`` of that job's inputs."""
+        """Queue the metric circuits (block-diagonal, or QN-SPSA's fidelities) of every layer
+        on a Qiskit backend on its next training job, at ``metric_samples`` of that job's inputs."""
+        step = self.qnspsa_step if self.metric == "qnspsa" else None
         for layer in self._estimated():
-            layer.executor.queue_metric(self.metric_samples, self.generator)
+            layer.executor.queue_metric(self.metric_samples, self.generator, qnspsa_step=step)
 
     def _estimated(self) -> list:
         """The layers whose metric is estimated on their (Qiskit) backend."""
+        if self.metric == "qnspsa":
+            return [layer for layer in self.layers if layer.backend.samples]
         return [layer for layer in self.layers if (self.method or default_method(layer)) == "estimator"]
 
     def update_metrics(self) -> list[torch.Tensor]:
@@ -198,6 +238,9 @@ class QNGPreconditioner:
                     "training diverged: lower the learning rates"
                 )
             rode = layer.executor.take_metric() if layer in estimated else None
+            if self.metric == "qnspsa":
+                metrics.append(self._qnspsa(len(metrics), layer, inputs, rode, layer in estimated))
+                continue
             if rode is not None:  # it rode in this step's job; else this refresh sends its own job
                 metric = torch.from_numpy(rode).to(layer.weights.device)
                 metrics.append(metric.diag().diag() if self.approx == "diag" else metric)
@@ -205,7 +248,40 @@ class QNGPreconditioner:
             rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
             sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
             metrics.append(metric_tensor(layer, sample, self.approx, method=self.method))
+        if self.metric == "qnspsa":
+            self.refreshes += 1
         return metrics
+
+    def _qnspsa(self, index: int, layer, inputs: torch.Tensor, rode, on_backend: bool) -> torch.Tensor:
+        """Fold layer ``index``'s new QN-SPSA estimate (``rode`` in the training job, else
+        measured now) into its running average; return |average| with ``approx``'s structure."""
+        if rode is not None:
+            raw = torch.from_numpy(rode).to(layer.weights.device)
+        else:
+            rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
+            sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
+            weights = layer.weights.detach().to(torch.float64)
+            if on_backend:  # a resumed run whose queued estimate was not replayed: one job of its own
+                from hybrid.ibm.metric import FidelityEstimate
+
+                angles = layer.program.angles(sample.double().cpu().numpy(), weights.cpu().numpy())
+                estimate = FidelityEstimate(layer.program, self.qnspsa_step, None, self.generator)
+                raw = torch.from_numpy(estimate.estimate(layer.executor, angles)).to(layer.weights.device)
+            else:
+                raw, _ = qnspsa_sample(layer.program, sample, weights, self.qnspsa_step, self.generator)
+        k = self.refreshes
+        average = raw if k == 0 or index >= len(self.average) else (k * self.average[index] + raw) / (k + 1)
+        if index < len(self.average):
+            self.average[index] = average
+        else:
+            self.average.append(average)
+        if self.approx == "diag":
+            return average.diag().abs().diag()
+        if self.approx == "block-diag":
+            trainable = torch.as_tensor(layer.program.weight_coeffs != 0)  # (n_angles, P)
+            labels = layer_labels(layer.program, np.flatnonzero(layer.program.weight_angles))
+            return absolute(average * _same_block(trainable, labels).to(average))
+        return absolute(average)
 
     def stats(self) -> dict[str, float]:
         """``metric_cond``: the largest condition number of the cached metrics (undamped)."""
@@ -218,6 +294,7 @@ class QNGPreconditioner:
             "calls": self.calls,
             "metrics": [m.clone() for m in self.metrics],
             "generator": self.generator.get_state(),
+            "qnspsa": {"average": [a.clone() for a in self.average], "refreshes": self.refreshes},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -232,10 +309,24 @@ class QNGPreconditioner:
         devices = [layer.weights.device for layer in self.layers][: len(metrics)]
         self.metrics = [m.to(device, torch.float64) for m, device in zip(metrics, devices, strict=True)]
         self.generator.set_state(state["generator"])
+        qnspsa = state.get("qnspsa", {"average": [], "refreshes": 0})
+        self.average = [a.to(layer.weights.device, torch.float64)
+                        for a, layer in zip(qnspsa["average"], self.layers, strict=False)]  # fmt: skip
+        self.refreshes = int(qnspsa["refreshes"])
         for layer in self._estimated():  # queued by the state this one replaces
             layer.executor.drop_metric()
-        if self.calls and self.calls % self.curvature_every == 0:
+        if self.calls % self.curvature_every == 0 and (self.calls or self.metric == "qnspsa"):
             self.queue_estimates()  # as the saved run did after its last step: its next job is the same
+
+
+def _same_block(trainable: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """(P, P) bool: weights i and j share a parametrized layer (PennyLane's block-diag blocks),
+    from the weights' angles ``trainable`` (n_angles, P) and the layer ``labels`` of the
+    weight-dependent angles, in angle order."""
+    angle_rows = trainable[trainable.any(dim=1)].to(torch.float64)  # (K, P)
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels)).to(torch.float64)  # (K, n_layers)
+    member = (angle_rows.T @ one_hot) > 0  # (P, n_layers): weight i feeds layer l
+    return (member.to(torch.float64) @ member.T.to(torch.float64)) > 0
 
 
 class QNG(PreconditionedSGD):
