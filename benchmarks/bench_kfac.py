@@ -39,9 +39,15 @@ VARIANTS = {
     "adamw": {"optim.name": "adamw"},
     "kfac": {"optim.name": "kfac"},
     "kfac, cholesky": {"optim.name": "kfac", "optim.kfac.inverse": "cholesky"},
-    "kfac, fisher=mc": {"optim.name": "kfac", "optim.fisher": "mc"},
+    "kfac, fisher=mc": {"optim.name": "kfac", "optim.kfac.fisher": "mc"},
+    "kfac, graft": {"optim.name": "kfac", "optim.kfac.graft": True, "optim.kfac.lr": 3e-3},
     "qng": {"optim.name": "qng"},
     "hybrid": {"optim.name": "hybrid"},
+    "muon": {"optim.name": "muon"},
+    "muon_qng": {"optim.name": "muon_qng"},
+    # Adam in K-FAC's eigenbasis: factors every 10 steps, bases every 50 (its defaults)
+    "eigen_adam": {"optim.name": "eigen_adam"},
+    "eigen_hybrid (eigen_adam + qng)": {"optim.name": "eigen_hybrid"},
     # the shipped defaults decompose every 10 steps (stale inverses stall early training)
     "kfac, inverses every 10 (default)": {"optim.name": "kfac", "optim.kfac.inverse_every": 10},
     "hybrid, inverses every 10 (default)": {"optim.name": "hybrid", "optim.kfac.inverse_every": 10},
