@@ -71,8 +71,9 @@ class QuantumLayer(nn.Module):
 
     All leading dimensions (batch, sequence) become one batch of circuit evaluations in a
     single call. On ``default.qubit`` the circuit runs on the batched torch simulator
-    (``hybrid.sim.statevector``): complex64 when the weights are float32, complex128 after
-    ``layer.double()``, on whatever device the weights live on. On ``qiskit.aer``,
+    (``hybrid.sim.statevector``): complex64 when the weights are float32 (or float16,
+    bfloat16), complex128 after ``layer.double()``, on whatever device the weights live on;
+    the output has the input's dtype. On ``qiskit.aer``,
     ``fake_<device>`` and ``ibm_<device>`` each call is one EstimatorV2 job with ``shots``
     per circuit, differentiated by parameter shift (``hybrid.ibm.shots``). Other backends,
     and circuits the simulator cannot compile, run as a PennyLane QNode.
@@ -164,22 +165,35 @@ class QuantumLayer(nn.Module):
         """True when forward runs on the batched torch statevector simulator."""
         return self.backend.executor == "statevector" and self.program is not None
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The real dtype circuits run in: float64 after ``double()``, else float32 (also for
+        half-precision weights: the states are complex64 at least)."""
+        return torch.float64 if self.weights.dtype == torch.float64 else torch.float32
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(..., n_inputs) angles in radians -> (..., n_outputs) expectation values in [-1, 1]."""
+        """(..., n_inputs) angles in radians -> (..., n_outputs) expectation values in [-1, 1].
+
+        The precision boundary is here: inputs go up to ``compute_dtype`` (float16 and bfloat16
+        angles would be off by up to 0.01 rad), the circuit runs with autocast off, and the
+        outputs come back in the input's dtype, so the layer fits a ``.half()`` or bfloat16
+        model and a ``torch.autocast`` region alike.
+        """
         if inputs.shape[-1] != self.n_inputs:
             raise ValueError(
                 f"{self.circuit!r} takes {self.n_inputs} input angles per evaluation, "
                 f"but the last dimension of the input is {inputs.shape[-1]}"
             )
         lead = inputs.shape[:-1]
-        flat = inputs.reshape(-1, self.n_inputs)  # (N, n_inputs)
+        flat = inputs.reshape(-1, self.n_inputs).to(self.compute_dtype)  # (N, n_inputs)
         if self.training and torch.is_grad_enabled():
             self.last_inputs = flat.detach()
         self.check_memory(batch=flat.shape[0])
-        if self.program is None and not self.backend.samples:
-            out = self.run_qnode(flat)  # (N, n_outputs): circuits the simulator cannot compile
-        else:
-            out = self.backend.run(self, flat)  # (N, n_outputs)
+        with torch.autocast(flat.device.type, enabled=False):  # autocast would run the simulator's GEMMs in 16 bits
+            if self.program is None and not self.backend.samples:
+                out = self.run_qnode(flat)  # (N, n_outputs): circuits the simulator cannot compile
+            else:
+                out = self.backend.run(self, flat)  # (N, n_outputs)
         out = out.to(inputs.dtype if inputs.is_floating_point() else self.weights.dtype)
         return out.reshape(*lead, self.n_outputs)
 
@@ -190,9 +204,10 @@ class QuantumLayer(nn.Module):
 
     def run_qnode(self, inputs: torch.Tensor) -> torch.Tensor:
         """(N, n_inputs) -> (N, n_outputs) through PennyLane (broadcast over the rows)."""
-        results = self.qnode()(inputs.to(self.weights.dtype), self.weights)
+        dtype = self.compute_dtype
+        results = self.qnode()(inputs.to(dtype), self.weights.to(dtype))
         out = torch.stack([torch.as_tensor(r).reshape(-1) for r in results], dim=-1)  # (N, n_outputs)
-        return out.to(self.weights.dtype)
+        return out.to(dtype)
 
     def memory_bytes(self, batch: int, lower_bound: bool = False) -> int:
         """Estimated peak bytes of a forward and backward pass over ``batch`` inputs

@@ -1,4 +1,5 @@
-r"""K-FAC for the ``nn.Linear`` layers of a model (Martens & Grosse 2015; Eschenhagen et al. 2023).
+r"""K-FAC for the linear layers of a model (Martens & Grosse 2015; Eschenhagen et al. 2023):
+``nn.Linear`` and Hugging Face's ``Conv1D`` (GPT-2's attention and MLP projections).
 
 The bookkeeping: which layers, hooks, when to refresh what, state. The curvature math of one
 layer is in ``hybrid.optim.kfac_blocks``.
@@ -12,7 +13,9 @@ layer is in ``hybrid.optim.kfac_blocks``.
         steps < adam_steps:            grad <- AdamW's direction; factors every step, decomposed when K-FAC starts
 
 Weights and biases are one matrix ``[W | b]`` of shape (d_out, d_in + 1), flattened row-major
-as PyTorch stores ``W``; its curvature block is ``kron(G, A)``. Hooks are registered in one
+as PyTorch stores ``W``; its curvature block is ``kron(G, A)``. ``Conv1D`` stores its weight
+transposed, (d_in, d_out) with y = x W + b: its ``[W^T | b]`` is the same matrix, so its
+factors are those of the equivalent ``nn.Linear`` and its update is transposed back. Hooks are registered in one
 place (``__init__``), store raw tensors, and return at once on steps whose factors are not
 refreshed; all math happens in ``precondition``.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import logging
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +47,8 @@ from hybrid.optim.kfac_blocks import (
     inverse_precondition,
 )
 from hybrid.optim.preconditioned import PreconditionedSGD
+
+logger = logging.getLogger(__name__)
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")
@@ -106,19 +113,39 @@ class KFACSettings:
 _DEFAULT = KFACSettings()
 
 
-def kfac_layers(
-    model: nn.Module, exclude: Iterable[str] = (), max_dim: int = 2048
-) -> tuple[dict[str, nn.Linear], dict[str, str]]:
-    """The ``nn.Linear`` layers K-FAC preconditions, and why the other ones are left out.
+def conv1d_class() -> type | None:
+    """``transformers.pytorch_utils.Conv1D`` if transformers is loaded, else None (a model that
+    holds one has loaded it; K-FAC never imports the optional dependency itself)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
 
-    Left out: frozen weights, projections of ``nn.MultiheadAttention`` (it calls them
-    functionally, so hooks never fire), layers whose name or an ancestor's name matches a
-    pattern of ``exclude`` (``fnmatch``, e.g. ``"lm_head"`` or ``"blocks.*.attn.query"``), and
-    layers with a factor wider than ``max_dim`` (a large-vocabulary output layer: its G is
-    vocab x vocab).
+
+def is_transposed(layer: nn.Module) -> bool:
+    """True for a ``Conv1D``: weight (d_in, d_out), y = x W + b."""
+    return not isinstance(layer, nn.Linear)
+
+
+def layer_dims(layer: nn.Module) -> tuple[int, int]:
+    """``(d_out, d_in)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    d0, d1 = layer.weight.shape
+    return (d1, d0) if is_transposed(layer) else (d0, d1)
+
+
+def kfac_layers(
+    model: nn.Module, exclude: Iterable[str] = (), max_dim: int = 2048, conv1d: bool = True
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The linear layers K-FAC preconditions, and why the rest of the model is left out.
+
+    Linear layers are ``nn.Linear`` and, with ``conv1d``, Hugging Face's ``Conv1D``. Left out:
+    frozen weights, projections of ``nn.MultiheadAttention`` (it calls them functionally, so
+    hooks never fire), layers whose name or an ancestor's name matches a pattern of
+    ``exclude`` (``fnmatch``, e.g. ``"lm_head"`` or ``"blocks.*.attn.query"``), layers with a
+    factor wider than ``max_dim`` (a large-vocabulary output layer: its G is vocab x vocab),
+    and every other module with trainable parameters of its own (embeddings, norms, circuits,
+    layer types K-FAC does not know), which the other optimizers train.
 
     Returns:
-        ``({name: layer}, {name: reason})`` for the preconditioned and the left-out layers.
+        ``({name: layer}, {name: reason})`` for the preconditioned and the left-out modules
+        (the model itself, if it holds parameters directly, is ``""``).
 
     Raises:
         InputError: a pattern matches no module, no layer is left, or a preconditioned
@@ -136,20 +163,27 @@ def kfac_layers(
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
+    transposed = conv1d_class()
+    kinds = (nn.Linear,) if transposed is None else (nn.Linear, transposed)
 
     layers, skipped = {}, {}
     for name, m in modules.items():
-        if not isinstance(m, nn.Linear):
+        if not isinstance(m, kinds):
+            if any(p.requires_grad for p in m.parameters(recurse=False)):
+                skipped[name] = f"{type(m).__name__}: not a linear layer (nn.Linear or Conv1D)"
             continue
         parts = name.split(".")
         ancestors = [".".join(parts[: i + 1]) for i in range(len(parts))]
+        d_out, d_in = layer_dims(m)
         if not m.weight.requires_grad:
             skipped[name] = "frozen"
+        elif not conv1d and is_transposed(m):
+            skipped[name] = "Conv1D: this preconditioner writes nn.Linear's weight layout only"
         elif any(a in mha for a in ancestors):
             skipped[name] = "inside nn.MultiheadAttention, which bypasses its forward"
         elif any(fnmatch.fnmatchcase(a, p) for a in ancestors for p in exclude):
             skipped[name] = "excluded by name"
-        elif max(m.out_features, m.in_features + 1) > max_dim:
+        elif max(d_out, d_in + 1) > max_dim:
             skipped[name] = f"a factor wider than max_dim={max_dim}"
         else:
             own = f"{name}." if name else ""  # the model itself is the layer: its parameters have no prefix
@@ -165,9 +199,24 @@ def kfac_layers(
     return layers, skipped
 
 
+def report_excluded(kind: str, layers: dict[str, nn.Module], excluded: dict[str, str]) -> str:
+    """One INFO line: how many layers ``kind`` preconditions and, grouped by reason, what it
+    leaves to the other optimizers (the first 6 names of each reason). Returns the line."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in excluded.items():
+        by_reason.setdefault(reason, []).append(name or "(the model itself)")
+    parts = [
+        f"{', '.join(n[:6])}{f' and {len(n) - 6} more' if len(n) > 6 else ''} ({reason})"
+        for reason, n in by_reason.items()
+    ]  # fmt: skip
+    line = f"{kind} preconditions {len(layers)} layers; left to the other optimizers: {'; '.join(parts) or 'nothing'}"
+    logger.info(line)
+    return line
+
+
 class KFACPreconditioner:
-    r"""Kronecker-factored natural gradient for every ``nn.Linear`` of ``model`` that
-    ``kfac_layers`` selects; a ``hybrid.optim.Preconditioner``.
+    r"""Kronecker-factored natural gradient for every linear layer (``nn.Linear``, ``Conv1D``)
+    of ``model`` that ``kfac_layers`` selects; a ``hybrid.optim.Preconditioner``.
 
     .. math:: \nabla_W \leftarrow \nu\,(G \otimes A + \lambda I)^{-1} \nabla_W, \qquad
               \nu = \min\bigl(1, \sqrt{\kappa / (\mathrm{lr}^2 \sum_l \langle \Delta_l, \nabla_l \rangle)}\bigr)
@@ -246,7 +295,11 @@ class KFACPreconditioner:
         self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
         self.kl_clip, self.inverse = kl_clip, inverse
         self.graft, self.adam_steps, self.betas, self.eps = graft, adam_steps, (beta1, beta2), eps
-        self.layers, self.excluded = kfac_layers(model, exclude, max_dim)
+        # A subclass with its own precondition() (eigen_adam) writes gradients in nn.Linear's
+        # layout; Conv1D layers go to K-FAC proper, whose _write transposes them back.
+        conv1d = type(self).precondition is KFACPreconditioner.precondition
+        self.layers, self.excluded = kfac_layers(model, exclude, max_dim, conv1d=conv1d)
+        report_excluded(type(self).__name__, self.layers, self.excluded)  # once, when the optimizer is built
         owned = [(name, p) for name, m in self.layers.items() for p in (m.weight, m.bias)
                  if p is not None and p.requires_grad]  # fmt: skip
         self.params = [p for _, p in owned]
@@ -422,7 +475,7 @@ class KFACPreconditioner:
         for name, entry in self._decomposed.items():
             if len(entry) == (4 if self.inverse == "eigh" else 2):  # both factors decomposed at least once
                 layer = self.layers[name]
-                key = (layer.out_features, layer.in_features, layer.bias is not None, layer.weight.device)
+                key = (*layer_dims(layer), layer.bias is not None, layer.weight.device)
                 groups.setdefault(key, []).append(name)
         self._batched = []
         for names in groups.values():
@@ -474,20 +527,24 @@ class KFACPreconditioner:
         return torch.stack([d.square().sum() for d in parts]).sum().sqrt()
 
     def _write(self, name: str, update: torch.Tensor) -> None:
-        """(d_out, d_a) update -> the layer's ``weight.grad`` and ``bias.grad``."""
+        """(d_out, d_a) update -> the layer's ``weight.grad`` (transposed back for a Conv1D) and ``bias.grad``."""
         layer = self.layers[name]
-        layer.weight.grad.copy_(update[:, : layer.in_features])
+        d_in = layer_dims(layer)[1]
+        grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in), a view
+        grad.copy_(update[:, :d_in])
         if layer.bias is not None and layer.bias.grad is not None:
-            layer.bias.grad.copy_(update[:, layer.in_features])
+            layer.bias.grad.copy_(update[:, d_in])
 
     def _grad_matrix(self, name: str) -> torch.Tensor | None:
+        """The layer's gradient as ``[dW | db]`` (d_out, d_in + bias), W in nn.Linear's layout."""
         layer = self.layers[name]
         if layer.weight.grad is None:
             return None
+        grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in)
         if layer.bias is None:
-            return layer.weight.grad  # (d_out, d_in)
+            return grad
         bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
-        return torch.cat([layer.weight.grad, bias[:, None]], dim=1)  # (d_out, d_in + 1)
+        return torch.cat([grad, bias[:, None]], dim=1)  # (d_out, d_in + 1)
 
     # -- what it reports and saves ----------------------------------------------------------------------
 
@@ -535,7 +592,7 @@ class KFACPreconditioner:
 
 
 class KFAC(PreconditionedSGD):
-    r"""K-FAC alone: precondition the gradients of the ``nn.Linear`` layers, then a stock SGD step.
+    r"""K-FAC alone: precondition the gradients of the linear layers, then a stock SGD step.
 
     .. math:: \theta \leftarrow \theta - \mathrm{lr}\,\nu\,(G \otimes A + \lambda I)^{-1} \nabla_\theta L
 
@@ -543,7 +600,7 @@ class KFAC(PreconditionedSGD):
     or use ``hybrid.optim.HybridOptimizer``, which puts AdamW on them.
 
     Args:
-        model: the model whose ``nn.Linear`` layers are preconditioned.
+        model: the model whose linear layers (``nn.Linear``, ``Conv1D``) are preconditioned.
         lr, momentum, weight_decay: of the SGD step.
         **kwargs: ``KFACPreconditioner`` settings (damping, curvature_every, ...).
     """

@@ -12,7 +12,9 @@ into a few wide steps; this module runs them:
 
 Plain torch ops throughout: reverse and forward mode autograd work, on CPU and CUDA (every
 table lives on the weights' device). The complex dtype follows the real dtype of the weights
-(float32 -> complex64, float64 -> complex128).
+(float32 -> complex64, float64 -> complex128); half-precision weights (float16, bfloat16, as in
+a model cast with ``.half()`` or ``.to(torch.bfloat16)``) simulate in float32 and complex64, since
+an 8-bit mantissa cannot hold a unit-norm state through many gates.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import torch
 from circuits import GateProgram
 from hybrid.sim.plan import OneQubit, Plan, choose_blocks, compile_plan
 
-COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+# the weights' dtype -> the real and complex dtypes the simulation runs in
+REAL = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float32,
+        torch.float64: torch.float64}  # fmt: skip
+COMPLEX = {torch.float16: torch.complex64, torch.bfloat16: torch.complex64, torch.float32: torch.complex64,
+           torch.float64: torch.complex128}  # fmt: skip
 _H = np.array([[1.0, 1.0], [1.0, -1.0]])  # unnormalized: the Walsh-Hadamard butterfly
 _BASIS_CHANGE = {"X": np.array([[1, 1], [1, -1]]) / np.sqrt(2), "Y": np.array([[1, -1j], [1, 1j]]) / np.sqrt(2)}
 
@@ -40,8 +46,9 @@ def simulate(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor) 
         weights: ``program.weight_shape`` real angles in radians.
 
     Returns:
-        (N, n_outputs) expectation values, real, in the dtype of ``weights``.
+        (N, n_outputs) expectation values, real, in ``REAL[weights.dtype]`` (float32 for half weights).
     """
+    weights = weights.to(REAL[weights.dtype])
     plan, tables = _prepare(program, inputs.shape[0], weights)
     if tables.z_basis:  # the trailing permutation and phases fold into the readout
         return _z_readout(_run(plan, tables, inputs, weights, stop=plan.tail), tables)
@@ -58,6 +65,7 @@ def final_state(program: GateProgram, inputs: torch.Tensor, weights: torch.Tenso
 
     Same arguments as ``simulate``; differentiable with respect to inputs and weights.
     """
+    weights = weights.to(REAL[weights.dtype])
     plan, tables = _prepare(program, inputs.shape[0], weights)
     state = _run(plan, tables, inputs, weights, stop=len(plan.steps))  # (2^n, N)
     return state.T.contiguous()  # (N, 2^n)
