@@ -21,7 +21,7 @@ from hybrid.backends import ExecutionConfig, get_backend
 from hybrid.checkpoint import atomic_write
 from hybrid.data import DataConfig
 from hybrid.errors import InputError, check_number
-from hybrid.models import ModelConfig
+from hybrid.models import ModelConfig, check_controls
 from hybrid.optim.registry import OptimConfig
 from hybrid.quantum import CircuitConfig
 
@@ -185,8 +185,19 @@ def validate(cfg: Config) -> Config:
     if cfg.model.quantum != "none":
         cfg.circuit.validate()
         cfg.execution.validate(get_backend(cfg.circuit.backend))
+    check_controls(cfg.model, cfg.circuit)
     roles = cfg.optim.roles()
-    if roles["circuit"] != "none" and cfg.model.quantum == "none" and (cfg.optim.circuit or cfg.optim.name == "qng"):
-        raise InputError(f"optimizer {roles['circuit']} needs a circuit in the model; "
-                         "use --quantum head or ffn, or --optimizer adamw")  # fmt: skip
+    circuit_optimizer = roles["circuit"]
+    asked = bool(cfg.optim.circuit) or cfg.optim.name == "qng"  # other presets drop QNG on a classical model
+    if circuit_optimizer != "none" and cfg.model.quantum == "none" and asked:
+        raise InputError(f"optimizer {circuit_optimizer} needs a circuit in the model; "
+                         "use --quantum head, ffn or attn, or --optimizer adamw")  # fmt: skip
+    if circuit_optimizer != "none" and cfg.model.quantum_control == "classical" and asked:
+        raise InputError(f"optimizer {circuit_optimizer} trains circuits, but model.quantum_control=classical "
+                         "has none; use --optimizer adamw, kfac, muon or hybrid (K-FAC + AdamW there)")  # fmt: skip
+    if circuit_optimizer != "none" and cfg.model.quantum != "none" and not cfg.circuit.trainable \
+            and not cfg.model.quantum_control:
+        raise InputError(f"optimizer {circuit_optimizer} trains circuit weights, but circuit.trainable=false "
+                         "freezes them; add --set optim.circuit=none, or use --optimizer adamw, kfac or muon"
+                         )  # fmt: skip
     return cfg

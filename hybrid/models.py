@@ -1,10 +1,18 @@
 """HybridGPT: a small decoder-only transformer with variational circuits where the config says.
 
-Read top to bottom: attention, MLP, the quantum projection, a block, the whole model.
+Read top to bottom: attention, MLP, the classical control, the quantum projection, quantum
+self-attention, a block, the whole model.
 
     quantum = "head": hidden -> Linear -> pi*tanh -> circuit -> Linear -> vocabulary logits
     quantum = "ffn":  the last block's MLP(x) gets a parallel path through a circuit
+    quantum = "attn": the last block's attention is QSANN's Gaussian quantum self-attention
     quantum = "none": the classical baseline, trained by the same loop
+
+``quantum_blocks`` picks other blocks for ffn and attn. The controls that ask whether the
+circuit matters are settings, not other models: ``quantum_control = "classical"`` puts a
+parameter-matched MLP where each circuit would be (``ClassicalControl``), ``[circuit]
+entangle = false`` drops the circuit's two-qubit gates, ``[circuit] trainable = false``
+freezes its weights at their random initialization.
 
 Every projection is an explicit ``nn.Linear`` (no ``nn.MultiheadAttention``, no fused qkv)
 so K-FAC's module hooks see each one, and the embedding and output weights are untied.
@@ -23,7 +31,8 @@ from hybrid.backends import ExecutionConfig
 from hybrid.errors import InputError, check_choice, check_number
 from hybrid.quantum import CircuitConfig, QuantumLayer
 
-QUANTUM_PLACES = ("head", "ffn", "none")
+QUANTUM_PLACES = ("head", "ffn", "none", "attn")
+CONTROLS = ("", "classical")
 
 
 @dataclass
@@ -35,16 +44,60 @@ class ModelConfig:
     n_head: int = 4  # attention heads; must divide n_embd
     n_embd: int = 64  # width of the residual stream
     dropout: float = 0.0  # 0 keeps runs bit-for-bit reproducible
-    quantum: str = "head"  # where circuits go: head (LM head), ffn (last block's MLP), none
+    quantum: str = "head"  # where circuits go: head (LM head), ffn (a block's MLP), attn (a block's attention), none
+    quantum_blocks: str = ""  # ffn and attn: comma-separated block indices that get circuits, e.g. "0,1"; "": the last
+    quantum_control: str = ""  # "classical": a parameter-matched MLP where each circuit would be; "": circuits
 
     def validate(self, prefix: str = "model.") -> ModelConfig:
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
             check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
         check_number(f"{prefix}dropout", self.dropout, low=0, high=1, high_open=True)
         check_choice(f"{prefix}quantum", self.quantum, QUANTUM_PLACES)
+        check_choice(f"{prefix}quantum_control", self.quantum_control, CONTROLS)
         if self.n_embd % self.n_head:
             raise InputError(f"{prefix}n_embd ({self.n_embd}) must be a multiple of {prefix}n_head ({self.n_head})")
+        if self.quantum_control and self.quantum == "none":
+            raise InputError(f"{prefix}quantum_control={self.quantum_control} replaces circuits, but {prefix}quantum "
+                             "is none; use --quantum head, ffn or attn, or drop quantum_control")  # fmt: skip
+        if not isinstance(self.quantum_blocks, str):
+            raise InputError(f'{prefix}quantum_blocks must be a string such as "0,1", got {self.quantum_blocks!r}')
+        if self.quantum_blocks.strip() and self.quantum not in ("ffn", "attn"):
+            raise InputError(f"{prefix}quantum_blocks picks blocks for ffn and attn, but {prefix}quantum is "
+                             f"{self.quantum}; leave quantum_blocks empty or use --quantum ffn or attn")  # fmt: skip
+        self.block_indices(prefix)
         return self
+
+    def block_indices(self, prefix: str = "model.") -> list[int]:
+        """The blocks that get circuits under ffn and attn: ``quantum_blocks`` parsed, or the last."""
+        text = self.quantum_blocks.strip()
+        if not text:
+            return [self.n_layer - 1]
+        try:
+            indices = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise InputError(f"{prefix}quantum_blocks takes comma-separated block indices, got {text!r}; "
+                             'e.g. "0,1"') from None  # fmt: skip
+        bad = [i for i in indices if not 0 <= i < self.n_layer]
+        if bad or len(set(indices)) != len(indices):
+            raise InputError(f"{prefix}quantum_blocks must name distinct blocks in 0..{self.n_layer - 1} "
+                             f"(n_layer={self.n_layer}), got {text!r}")  # fmt: skip
+        return sorted(indices)
+
+
+def check_controls(cfg: ModelConfig, circuit: CircuitConfig) -> None:
+    """The combinations of ``[model]`` and ``[circuit]`` that make no sense (``validate(cfg)`` and
+    ``HybridGPT`` both run this).
+
+    Raises:
+        InputError: naming the keys and the fix.
+    """
+    if cfg.quantum == "none" and not (circuit.entangle and circuit.trainable):
+        key = "circuit.entangle" if not circuit.entangle else "circuit.trainable"
+        raise InputError(f"{key}=false changes the circuit, but model.quantum is none; "
+                         f"use --quantum head, ffn or attn, or drop {key}")  # fmt: skip
+    if cfg.quantum_control == "classical" and not circuit.entangle:
+        raise InputError("circuit.entangle=false drops a circuit's two-qubit gates, but model.quantum_control="
+                         "classical has no circuit; use one of the two controls at a time")  # fmt: skip
 
 
 class CausalSelfAttention(nn.Module):
@@ -80,20 +133,81 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C); gelu not in place: hooks need x
 
 
+def control_shape(n_inputs: int, n_outputs: int, n_params: int) -> tuple[int, bool, bool]:
+    """``(hidden, bias_1, bias_2)`` of the MLP n_inputs -> hidden -> n_outputs whose parameter
+    count ``hidden * (n_inputs + n_outputs) + hidden * bias_1 + n_outputs * bias_2`` is nearest
+    ``n_params`` (ties: the smaller count). One hidden unit is the least, so a circuit with fewer
+    than ``n_inputs + n_outputs`` weights gets a larger control."""
+    widest = max(1, n_params // (n_inputs + n_outputs) + 1)
+    shapes = [(h, b1, b2) for h in range(1, widest + 1) for b1 in (True, False) for b2 in (True, False)]
+
+    def count(shape):
+        h, b1, b2 = shape
+        return h * (n_inputs + n_outputs) + h * b1 + n_outputs * b2
+
+    return min(shapes, key=lambda shape: (abs(count(shape) - n_params), count(shape)))
+
+
+class ClassicalControl(nn.Module):
+    """The classical control of a circuit: same input and output widths, about its parameter count.
+
+        z = tanh(proj(tanh(fc(angles))))      # (..., n_inputs) -> (..., n_outputs), in (-1, 1) like <Z>
+
+    It sits where a ``QuantumLayer`` would (``QuantumProjection.circuit``), so a model with it
+    differs from the quantum one only in that block. Its hidden width and biases bring its
+    parameter count nearest the circuit's (``control_shape``): within 10% whenever integer
+    widths allow it. A 4-qubit circuit with all 15 Z-string readouts has 24 weights (2 layers of
+    ``strongly_entangling``); a 4 -> 15 MLP has 20 with one hidden unit and 38 with two, so there
+    the control has 20 (17% fewer) and a one-unit bottleneck.
+
+    Args:
+        n_inputs, n_outputs: the circuit's widths.
+        n_params: the circuit's weight count.
+    """
+
+    def __init__(self, n_inputs: int, n_outputs: int, n_params: int):
+        super().__init__()
+        hidden, bias_1, bias_2 = control_shape(n_inputs, n_outputs, n_params)
+        self.n_inputs, self.n_outputs, self.n_params = n_inputs, n_outputs, n_params
+        self.fc = nn.Linear(n_inputs, hidden, bias=bias_1)
+        self.proj = nn.Linear(hidden, n_outputs, bias=bias_2)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default (fan-in uniform) initialization: like a circuit's expectation values at
+        random weights, the outputs start spread over (-1, 1), not near 0 as with std 0.02."""
+        self.fc.reset_parameters()
+        self.proj.reset_parameters()
+
+    def forward(self, angles: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(torch.tanh(self.fc(angles))))  # (..., n_outputs)
+
+
 class QuantumProjection(nn.Module):
     """Features -> angles -> circuit -> features, through a circuit of ``n_qubits`` wires.
 
     The classical map to angles is ``pi * tanh(to_angles(x))``: each angle lies in (-pi, pi),
     one period of every rotation gate, and stays differentiable everywhere.
+
+    Args:
+        in_features, out_features: the widths of ``x`` and of the result.
+        circuit: a template from ``circuits``.
+        backend, execution: where the circuit runs (see ``QuantumLayer``).
+        control: ``"classical"`` puts a ``ClassicalControl`` in the circuit's place.
+        trainable: False freezes the circuit's (or the control's) weights at their initialization.
     """
 
     def __init__(
         self, in_features: int, out_features: int, circuit, backend: str = "default.qubit",
-        execution: ExecutionConfig | None = None,
+        execution: ExecutionConfig | None = None, *, control: str = "", trainable: bool = True,
     ):  # fmt: skip
         super().__init__()
+        check_choice("control", control, CONTROLS)
         self.to_angles = nn.Linear(in_features, circuit.n_inputs)
-        self.circuit = QuantumLayer(circuit, backend, execution)
+        if control == "classical":
+            self.circuit = ClassicalControl(circuit.n_inputs, circuit.n_outputs, math.prod(circuit.weight_shape))
+        else:
+            self.circuit = QuantumLayer(circuit, backend, execution)
+        self.circuit.requires_grad_(trainable)
         self.from_circuit = nn.Linear(circuit.n_outputs, out_features)
         self.reset_angles()
 
@@ -112,20 +226,66 @@ class QuantumProjection(nn.Module):
 class QuantumMLP(nn.Module):
     """The classical MLP plus a parallel quantum path: MLP(x) + QuantumProjection(x)."""
 
-    def __init__(self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None):
+    def __init__(
+        self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None, *,
+        control: str = "", trainable: bool = True,
+    ):  # fmt: skip
         super().__init__()
         self.mlp = MLP(cfg)
-        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution)
+        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution,
+                                         control=control, trainable=trainable)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.quantum(x)  # (B, T, C)
 
 
+class QuantumSelfAttention(nn.Module):
+    r"""Causal Gaussian-projected quantum self-attention, after QSANN's quantum self-attention layer
+    (Li, Zhao and Wang, *Quantum Self-Attention Neural Networks for Text Classification*, arXiv:2205.05625).
+
+    Queries, keys and values are the measured outputs of three circuits applied to every token,
+    each a ``QuantumProjection`` (Linear -> pi*tanh -> circuit -> Linear): one batched circuit
+    call over all B*T tokens per projection. The weights are QSANN's Gaussian projection of the
+    distance between query and key instead of a dot product, normalized over the past:
+
+    .. math:: a_{ij} = \frac{\exp(-\lVert q_i - k_j \rVert^2)}{\sum_{j' \le i} \exp(-\lVert q_i - k_{j'} \rVert^2)}
+              \ (j \le i), \qquad y_i = \sum_{j \le i} a_{ij} v_j
+
+    As in QSANN the values come from a circuit and there is one head. Two departures: the causal
+    mask (QSANN classifies whole sentences), and a linear map after each measurement
+    (``from_circuit``), which for queries and keys learns the Gaussian's metric; QSANN's fixed
+    width is that map at the identity.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None, *,
+        control: str = "", trainable: bool = True,
+    ):  # fmt: skip
+        super().__init__()
+        options = {"control": control, "trainable": trainable}
+        self.query = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
+        self.key = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
+        self.value = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution, **options)
+        self.dropout = nn.Dropout(cfg.dropout)
+        causal = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)  # (block_size, block_size): j <= i
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]  # x: (B, T, C)
+        q = self.query(x)  # (B, T, d): one circuit call on (B, T, n_inputs)
+        k = self.key(x)  # (B, T, d)
+        v = self.value(x)  # (B, T, C)
+        distance = (q[:, :, None, :] - k[:, None, :, :]).pow(2).sum(-1)  # (B, T, T): ||q_i - k_j||^2
+        scores = (-distance).masked_fill(~self.causal[:T, :T], float("-inf"))  # (B, T, T)
+        weights = self.dropout(F.softmax(scores, dim=-1))  # (B, T, T): exp(-d^2) over the past, normalized
+        return weights @ v  # (B, T, C)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, mlp: nn.Module):
+    def __init__(self, cfg: ModelConfig, mlp: nn.Module, attn: nn.Module | None = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = attn if attn is not None else CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = mlp
 
@@ -141,11 +301,13 @@ class HybridGPT(nn.Module):
     Args:
         cfg: model shape and where the circuit goes.
         vocab_size: number of token ids.
-        circuit: which template, its size and backend (ignored when ``cfg.quantum == "none"``).
+        circuit: which template, its size and backend, whether it entangles and trains
+            (ignored when ``cfg.quantum == "none"``).
         execution: shots, noise and job options of sampling backends (``hybrid.backends``).
 
     Raises:
-        InputError: a setting of ``cfg`` or ``circuit`` out of range (see their ``validate``).
+        InputError: a setting of ``cfg`` or ``circuit`` out of range (see their ``validate``),
+            or a combination that makes no sense (``check_controls``).
     """
 
     def __init__(
@@ -155,17 +317,24 @@ class HybridGPT(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         circuit = circuit or CircuitConfig()
+        check_controls(cfg, circuit)
         template = circuit.validate().template() if cfg.quantum != "none" else None
+        where = (circuit.backend, execution)
+        options = {"control": cfg.quantum_control, "trainable": circuit.trainable}
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        mlps = [MLP(cfg) for _ in range(cfg.n_layer)]
-        if cfg.quantum == "ffn":
-            mlps[-1] = QuantumMLP(cfg, template, circuit.backend, execution)
-        self.blocks = nn.ModuleList(Block(cfg, mlp) for mlp in mlps)
+        chosen = cfg.block_indices() if cfg.quantum in ("ffn", "attn") else []
+        blocks = []
+        for i in range(cfg.n_layer):
+            quantum = cfg.quantum if i in chosen else "none"
+            mlp = QuantumMLP(cfg, template, *where, **options) if quantum == "ffn" else MLP(cfg)
+            attn = QuantumSelfAttention(cfg, template, *where, **options) if quantum == "attn" else None
+            blocks.append(Block(cfg, mlp, attn))
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         if cfg.quantum == "head":
-            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, circuit.backend, execution)
+            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, *where, **options)
         else:
             self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
         self.apply(self._init_weights)
@@ -174,9 +343,12 @@ class HybridGPT(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, QuantumProjection):
             module.reset_angles()  # runs after its children got the 0.02 below
+        elif isinstance(module, ClassicalControl):
+            module.reset_parameters()  # likewise
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 

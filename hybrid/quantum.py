@@ -28,13 +28,15 @@ MEASUREMENTS = ("Z", "ZZ", "all")
 
 @dataclass
 class CircuitConfig:
-    """``[circuit]``: which template, its size, and the backend it runs on."""
+    """``[circuit]``: which template, its size, the backend it runs on, and the ablations."""
 
     name: str = "strongly_entangling"  # a template in circuits.TEMPLATES
     n_qubits: int = 4  # also the number of angles the model feeds each circuit
     n_layers: int = 2  # variational layers of the template
     measure: str = "all"  # observables: Z (one per qubit), ZZ (+ neighbour pairs), all (2^n - 1 Z strings)
     backend: str = "default.qubit"  # see hybrid.backends.BACKENDS
+    entangle: bool = True  # false drops the template's two-qubit gates (product states): the entanglement ablation
+    trainable: bool = True  # false freezes the circuit weights at their random initialization
 
     def validate(self, prefix: str = "circuit.") -> CircuitConfig:
         """Names and sizes, and a lower bound on the memory of one evaluation, without compiling.
@@ -47,6 +49,16 @@ class CircuitConfig:
         check_number(f"{prefix}n_qubits", self.n_qubits, low=1, integer=True)
         check_number(f"{prefix}n_layers", self.n_layers, low=1, integer=True)
         check_choice(f"{prefix}measure", self.measure, MEASUREMENTS)
+        for key in ("entangle", "trainable"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"{prefix}{key} must be true or false, got {getattr(self, key)!r}")
+        if not self.entangle and not TEMPLATES[self.name].has_entanglers:
+            raise InputError(f"{prefix}entangle=false: {self.name} has no two-qubit gates to drop; set "
+                             f"{prefix}entangle=true or pick a template with entanglers "
+                             f"({', '.join(n for n, t in TEMPLATES.items() if t.has_entanglers)})")  # fmt: skip
+        if not self.entangle and self.n_qubits < 2:
+            raise InputError(f"{prefix}entangle=false on 1 qubit: there is nothing to entangle; "
+                             f"set {prefix}entangle=true or use 2 or more qubits")  # fmt: skip
         get_backend(self.backend)
         try:
             self.template()  # its own limits (outputs of measure="all"); nothing is compiled
@@ -63,7 +75,7 @@ class CircuitConfig:
 
     def template(self):
         """The ``circuits`` template this section describes."""
-        return make_circuit(self.name, self.n_qubits, self.n_layers, self.measure)
+        return make_circuit(self.name, self.n_qubits, self.n_layers, self.measure, entangle=self.entangle)
 
 
 class QuantumLayer(nn.Module):
