@@ -26,9 +26,11 @@ $PIP install -q "qiskit==0.46.3" "qiskit-aer==0.13.3" "qiskit-ibm-runtime==0.20.
 $PIP install -q --no-deps "torchquantum==0.1.8" "torchpack==0.3.1" "torchdiffeq==0.2.5"
 $PIP install -q dill pathos pylatexenc opt-einsum loguru multimethod pyyaml toml h5py
 $PIP install -q "tensorcircuit-ng==1.10.0" jax jaxlib
+# SOAP (Vyas et al. 2024), the peer of Adam in K-FAC's eigenbasis (benchmarks/bench_soap.py)
+$PIP install -q --no-deps "pytorch-optimizer==4.1.0"
 $VENV/bin/python - <<'PY'
 import importlib
-for name in ("torch", "pennylane", "torchquantum", "tensorcircuit", "jax"):
+for name in ("torch", "pennylane", "torchquantum", "tensorcircuit", "jax", "pytorch_optimizer"):
     module = importlib.import_module(name)
     print(f"{name} {getattr(module, '__version__', '?')}")
 PY
