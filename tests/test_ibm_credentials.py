@@ -104,3 +104,13 @@ def test_backend_lookup_failures_are_one_line(monkeypatch):
 
     with pytest.raises(ServiceError, match="has no such backend for this account"):
         IBMService(NoBackends()).backend("ibm_nowhere")
+
+
+def test_a_malformed_instance_is_one_line_about_the_crn():
+    def bad_instance():
+        import re
+
+        return re.match(r"crn:v1:(?P<x>\w+)", "not-a-crn").group("x")  # what the runtime's parser hits
+
+    with pytest.raises(ServiceError, match="set the instance to the CRN"):
+        connect(bad_instance)

@@ -97,11 +97,14 @@ def describe(error: BaseException, what: str) -> str:
     if names & {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "MaxRetryError",
                 "NameResolutionError", "NewConnectionError", "gaierror", "ProxyError", "SSLError"}:  # fmt: skip
         return (f"cannot reach IBM Quantum to {what} ({reason(chain[-1])}); check the network and any "
-                "HTTPS_PROXY, then retry (a run continues with hybrid submit --resume DIR)")  # fmt: skip
+                "HTTPS_PROXY, then run the same command again")  # fmt: skip
     if names & {"IBMNotAuthorizedError", "InvalidAccountError"} or codes & {400, 401, 403}:
         fix = SAVE_HINT.removeprefix("save one with ")
         return (f"IBM Quantum rejected the credentials while trying to {what} ({reason(error)}); "
                 f"create an API key at quantum.cloud.ibm.com and {fix}")  # fmt: skip
+    if names & {"AttributeError", "TypeError"} and "connect" in what:  # qiskit-ibm-runtime parsing a bad instance
+        return (f"IBM Quantum could not use the account's instance while trying to {what} ({reason(error)}); "
+                "set the instance to the CRN shown on quantum.cloud.ibm.com (Instances page)")  # fmt: skip
     if "QiskitBackendNotFoundError" in names:
         return (f"IBM Quantum has no such backend for this account while trying to {what}; list the "
                 "available ones with QiskitRuntimeService().backends()")  # fmt: skip
