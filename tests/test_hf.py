@@ -3,8 +3,10 @@ adapter), half precision, resizing, K-FAC factors against nn.Linear and curvlino
 ``transformers.Trainer`` with the hybrid optimizer, resumed from its checkpoint."""
 
 import copy
+import importlib.util
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,6 +273,20 @@ def test_build_optimizer_preconditions_gpt2_projections_and_reports_the_rest(cap
 
     eigen = hybrid.build_optimizer(quantum_model("gpt2"), hybrid.OptimConfig(name="eigen_adam"))
     assert eigen.preconditioners["eigen_adam"].excluded["transformer.h.0.attn.c_attn"].startswith("Conv1D")
+
+
+# -- the example -------------------------------------------------------------------------------------------
+
+
+def test_the_example_fine_tunes_saves_reloads_and_generates(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_finetune.py"
+    spec = importlib.util.spec_from_file_location("hf_finetune", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--steps", "2", "--batch-size", "2", "--block-size", "8", "--qubits", "2",
+                           "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result["same_logits"] and len(result["losses"]) == 2 and len(result["sample"]) == 8
+    assert (tmp_path / "run" / "head" / hf.ADAPTER_WEIGHTS).is_file()
 
 
 # -- transformers.Trainer ---------------------------------------------------------------------------------------
