@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--circuit-layers", default="1,2", help="comma-separated circuit layer counts")
     sweep.add_argument("--widths", default="32,64", help="comma-separated model widths (n_embd)")
     sweep.add_argument("--optimizers", default="adamw", help="comma-separated optimizer names")
+    sweep.add_argument("--tuned", type=Path,
+                       help="a hybrid tune study: each optimizer's [optim] from its best-<name>.toml")
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
     sweep.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     sweep.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
@@ -194,7 +196,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         _ints(args.qubits, "--qubits"), _ints(args.circuit_layers, "--circuit-layers"),
         _ints(args.widths, "--widths"), args.optimizers.split(","), _ints(args.seeds, "--seeds"),
     )  # fmt: skip
-    rows = sweep(base, grid, args.out, workers=args.workers, progress=not args.quiet)
+    tuned = {}
+    if args.tuned:
+        for name in dict.fromkeys(point.optimizer for point in grid):
+            path = args.tuned / f"best-{name}.toml"
+            if not path.is_file():
+                raise InputError(f"{args.tuned} has no {path.name}; tune {name} there (hybrid tune) or drop --tuned")
+            tuned[name] = load_config(path)
+    rows = sweep(base, grid, args.out, workers=args.workers, progress=not args.quiet, tuned=tuned)
     print(f"{len(rows)} runs: {args.out / RESULTS}, fits: {args.out / FITS}, plot: {args.out / PLOT}")
     return 0
 

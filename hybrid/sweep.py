@@ -18,6 +18,7 @@ Compute is an estimate in FLOPs: ``6 * classical_params * tokens`` for the class
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import os
@@ -64,13 +65,18 @@ def make_grid(qubits, circuit_layers, widths, optimizers, seeds) -> list[GridPoi
     return [GridPoint(*p) for p in itertools.product(qubits, circuit_layers, widths, optimizers, seeds)]
 
 
-def sweep(base: Config, grid: list[GridPoint], out: str | Path, workers: int = 0, progress: bool = True) -> list[dict]:
+def sweep(
+    base: Config, grid: list[GridPoint], out: str | Path, workers: int = 0, progress: bool = True,
+    tuned: dict[str, Config] | None = None,
+) -> list[dict]:  # fmt: skip
     """Train every grid point not yet in ``out/results.csv``, then fit and plot.
 
     Args:
         base: the config every run starts from; grid points override qubits, circuit
             layers, width, optimizer and seed. Must use the built-in corpus.
         workers: parallel processes; 0 picks one per core (each with one torch thread).
+        tuned: ``{optimizer: config}``, e.g. the ``best-<optimizer>.toml`` files of a ``hybrid
+            tune`` study: a point of that optimizer takes its whole ``[optim]`` section from there.
 
     Returns:
         The rows of ``results.csv``.
@@ -80,8 +86,13 @@ def sweep(base: Config, grid: list[GridPoint], out: str | Path, workers: int = 0
     """
     if base.data.path:
         raise InputError("sweeps run on the built-in corpus, whose known floor the fits use; drop data.path")
+    tuned = tuned or {}
+
+    def base_of(point: GridPoint) -> Config:
+        return dataclasses.replace(base, optim=tuned[point.optimizer].optim) if point.optimizer in tuned else base
+
     for point in grid:
-        validate(apply_overrides(base, point.overrides()))
+        validate(apply_overrides(base_of(point), point.overrides()))
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if (out / BASE).exists():
@@ -99,7 +110,12 @@ def sweep(base: Config, grid: list[GridPoint], out: str | Path, workers: int = 0
     workers = max(1, min(workers or cores, len(todo) or 1))
     threads = max(1, cores // workers)
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep", unit="run", disable=not progress)
-    jobs = [(base.to_dict(), p, str(out / "runs" / p.key)) for p in todo]
+    for name, cfg in tuned.items():  # a resumed sweep must train with the same settings
+        path = out / f"tuned-{name}.toml"
+        if path.exists() and load_config(path).optim != cfg.optim:
+            raise InputError(f"{out} was swept with other tuned settings for {name}; use a new --out")
+        save_config(cfg, path)
+    jobs = [(base_of(p).to_dict(), p, str(out / "runs" / p.key)) for p in todo]
     if workers == 1:
         finished = (run_point(*job) for job in jobs)
     else:

@@ -63,3 +63,20 @@ def test_a_resumed_sweep_must_keep_its_base_config(tmp_path, capsys):
     assert main(argv) == 0
     assert main([*argv[:-1], "--set", "optim.lr=0.1", "--quiet"]) == 2
     assert "holds a sweep with another base config (optim.lr)" in capsys.readouterr().err
+
+
+def test_tuned_sweep_takes_each_optimizers_settings_from_its_study(tmp_path):
+    from hybrid.config import Config, apply_overrides, load_config, save_config
+
+    study = tmp_path / "study"
+    study.mkdir()
+    save_config(apply_overrides(Config(), {"optim.name": "adamw", "optim.lr": 7e-3}), study / "best-adamw.toml")
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--qubits", "2", "--circuit-layers", "1", "--widths", "8,16",
+            "--optimizers", "adamw", "--seeds", "0", "--steps", "4", "--workers", "1", "--quiet",
+            "--tuned", str(study), "--set", "model.block_size=4", "--set", "train.batch_size=2",
+            "--set", "train.eval_batches=1", "--set", "data.corpus_chars=2000", "--set", "model.n_head=2"]  # fmt: skip
+    assert main(argv) == 0
+    saved = load_config(out / "runs" / "q2-l1-w8-adamw-s0" / "config.toml")
+    assert saved.optim.lr == 7e-3
+    assert main([*argv[:-12], "--tuned", str(tmp_path / "nowhere"), "--quiet"]) == 2
