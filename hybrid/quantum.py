@@ -186,8 +186,8 @@ class QuantumLayer(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(..., n_inputs) angles in radians -> (..., n_outputs) expectation values in [-1, 1].
 
-        The precision boundary is here: inputs go up to ``compute_dtype`` (float16 and bfloat16
-        angles would be off by up to 0.01 rad), the circuit runs with autocast off, and the
+        The precision boundary is here: inputs go up to ``compute_dtype`` at least (float16 and
+        bfloat16 angles would be off by up to 0.01 rad), the circuit runs with autocast off, and the
         outputs come back in the input's dtype, so the layer fits a ``.half()`` or bfloat16
         model and a ``torch.autocast`` region alike.
         """
@@ -197,7 +197,8 @@ class QuantumLayer(nn.Module):
                 f"but the last dimension of the input is {inputs.shape[-1]}"
             )
         lead = inputs.shape[:-1]
-        flat = inputs.reshape(-1, self.n_inputs).to(self.compute_dtype)  # (N, n_inputs)
+        dtype = torch.promote_types(inputs.dtype, self.compute_dtype)  # float64 inputs stay float64 for QNG's metric
+        flat = inputs.reshape(-1, self.n_inputs).to(dtype)  # (N, n_inputs)
         if self.training and torch.is_grad_enabled():
             self.last_inputs = flat.detach()
         self.check_memory(batch=flat.shape[0])
