@@ -18,7 +18,7 @@ import torch
 import circuits
 from hybrid import InputError, QuantumLayer
 from hybrid.cli import main
-from hybrid.ibm import Journal, LocalService, Runtime
+from hybrid.ibm import Journal, Runtime
 from hybrid.ibm.shots import Gradient, rademacher, spsa_angles, spsa_jacobian
 from hybrid.optim.qng import QNGPreconditioner
 from hybrid.sim.statevector import simulate
