@@ -272,7 +272,7 @@ def test_build_optimizer_preconditions_gpt2_projections_and_reports_the_rest(cap
     assert "transformer.wte, transformer.wpe (Embedding" in line
 
     eigen = hybrid.build_optimizer(quantum_model("gpt2"), hybrid.OptimConfig(name="eigen_adam"))
-    assert eigen.preconditioners["eigen_adam"].excluded["transformer.h.0.attn.c_attn"].startswith("Conv1D")
+    assert "transformer.h.0.attn.c_attn" in eigen.preconditioners["eigen_adam"].layers  # Conv1D too
 
 
 # -- the example -------------------------------------------------------------------------------------------
@@ -321,3 +321,27 @@ def test_trainer_trains_with_the_hybrid_optimizer_and_resumes_exactly(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-10"))
     for (name, p), q in zip(model.named_parameters(), before.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_eigen_adam_takes_gpt2s_conv1d_layers_and_matches_the_equivalent_linear_model():
+    """Adam in K-FAC's eigenbasis writes a Conv1D's update in its own (d_in, d_out) layout."""
+    from transformers.pytorch_utils import Conv1D
+
+    from hybrid.optim.eigen_adam import EigenAdamKFAC
+
+    torch.manual_seed(0)
+    conv = Conv1D(4, 3).double()  # weight (3, 4): y = x W + b
+    linear = torch.nn.Linear(3, 4).double()
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    opts = [EigenAdamKFAC(m, lr=1e-2, basis_every=2, curvature_every=1) for m in (conv, linear)]
+    x = torch.randn(16, 3, dtype=torch.float64)
+    for _ in range(5):
+        for m, opt in zip((conv, linear), opts, strict=True):
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert "" in opts[0].eigen_adam.layers  # the Conv1D itself is preconditioned
+    torch.testing.assert_close(conv.weight.T, linear.weight, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(conv.bias, linear.bias, rtol=1e-10, atol=1e-12)

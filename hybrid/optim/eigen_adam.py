@@ -30,6 +30,7 @@ from hybrid.errors import check_choice, check_number
 from hybrid.optim.kfac import FISHERS, KFAC_APPROX, KFACPreconditioner
 from hybrid.optim.kfac_blocks import adam_direction, decompose
 from hybrid.optim.preconditioned import PreconditionedSGD
+from hybrid.optim.reduce import rank_and_size, share_from_owners
 
 
 @dataclass
@@ -162,10 +163,8 @@ class EigenAdamPreconditioner(KFACPreconditioner):
             grad = self._grad_matrix(name)  # (d_out, d_a)
             if grad is None:
                 continue
-            update = self._adam_update(name, grad)  # (d_out, d_a)
-            layer.weight.grad.copy_(update[:, : layer.in_features]).add_(layer.weight, alpha=self.weight_decay)
-            if layer.bias is not None and layer.bias.grad is not None:
-                layer.bias.grad.copy_(update[:, layer.in_features])
+            self._write(name, self._adam_update(name, grad))  # (d_out, d_a), in the weight's own layout
+            layer.weight.grad.add_(layer.weight, alpha=self.weight_decay)
         self.steps += 1
 
     def _adam_update(self, name: str, grad: torch.Tensor) -> torch.Tensor:
@@ -180,12 +179,21 @@ class EigenAdamPreconditioner(KFACPreconditioner):
         return direction if QA is None else QG @ direction @ QA.mT
 
     def refresh_bases(self) -> None:
-        """Eigendecompose every layer's running A and G (float64) and move its moments there."""
+        """Eigendecompose every layer's running A and G (float64) and move its moments there.
+        Data parallel: layer i is decomposed on rank i % world size alone and broadcast."""
+        rank, size = rank_and_size()
+        owners = {(name, key): i % size for i, name in enumerate(self.A) for key in ("A", "G")}
+        results = {(name, key): decompose([M.double()], "eigh")[0] for name in self.A
+                   for key, M in (("A", self.A[name]), ("G", self.G[name])) if owners[name, key] == rank}  # fmt: skip
+        if size > 1:
+            like = {(n, k): (M.new_empty(M.shape, dtype=torch.float64), M.new_empty(M.shape[0], dtype=torch.float64))
+                    for n in self.A for k, M in (("A", self.A[n]), ("G", self.G[n]))}  # fmt: skip
+            results = share_from_owners(results, owners, like)
         for name in self.A:
             old = self.bases.get(name)
             new = []
             for i, M in enumerate((self.A[name], self.G[name])):
-                (result,) = decompose([M.double()], "eigh")
+                result = results[name, "AG"[i]]
                 if result is None:
                     self.fallbacks += 1  # keep the previous basis of this factor (identity if none)
                     result = (old[i],) if old else (torch.eye(M.shape[0], dtype=torch.float64, device=M.device),)
