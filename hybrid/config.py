@@ -192,12 +192,13 @@ def validate(cfg: Config) -> Config:
     if circuit_optimizer != "none" and cfg.model.quantum == "none" and asked:
         raise InputError(f"optimizer {circuit_optimizer} needs a circuit in the model; "
                          "use --quantum head, ffn or attn, or --optimizer adamw")  # fmt: skip
+    who = f"optim.circuit={cfg.optim.circuit}" if cfg.optim.circuit else f"--optimizer {cfg.optim.name}"
     if circuit_optimizer != "none" and cfg.model.quantum_control == "classical" and asked:
-        raise InputError(f"optimizer {circuit_optimizer} trains circuits, but model.quantum_control=classical "
-                         "has none; use --optimizer adamw, kfac, muon or hybrid (K-FAC + AdamW there)")  # fmt: skip
+        raise InputError(f"{who} trains circuits with {circuit_optimizer}, but model.quantum_control=classical has "
+                         "none; use --optimizer adamw, kfac, muon or hybrid (K-FAC + AdamW there)")  # fmt: skip
     if circuit_optimizer != "none" and cfg.model.quantum != "none" and not cfg.circuit.trainable \
-            and not cfg.model.quantum_control:
-        raise InputError(f"optimizer {circuit_optimizer} trains circuit weights, but circuit.trainable=false "
-                         "freezes them; add --set optim.circuit=none, or use --optimizer adamw, kfac or muon"
+            and not cfg.model.quantum_control:  # fmt: skip
+        raise InputError(f"{who} trains the circuit weights with {circuit_optimizer}, but circuit.trainable="
+                         "false freezes them; add --set optim.circuit=none, or use --optimizer adamw, kfac or muon"
                          )  # fmt: skip
     return cfg

@@ -24,7 +24,10 @@ CONTROLS = {  # name -> overrides
     "frozen": {"circuit.trainable": False},
 }
 OPTIMIZERS = ("hybrid", "kfac", "qng", "adamw", "muon")
-REFUSED = {("classical", "qng"): "has none; use --optimizer adamw", ("frozen", "qng"): "add --set optim.circuit=none"}
+REFUSED = {
+    ("classical", "qng"): "classical has none; use --optimizer adamw",
+    ("frozen", "qng"): "add --set optim.circuit=none",
+}
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -180,7 +183,7 @@ class RotationsOnly(StronglyEntangling):
     "overrides, message",
     [
         ({"model.quantum_control": "classical", "optim.name": "qng"},
-         "optimizer qng trains circuits, but model.quantum_control=classical has none; use --optimizer adamw"),
+         "--optimizer qng trains circuits with qng, but model.quantum_control=classical has none; use --optimizer"),
         ({"model.quantum_control": "classical", "optim.circuit": "metric_adam"},
          "model.quantum_control=classical has none"),
         ({"circuit.trainable": False, "optim.name": "qng"},
