@@ -136,14 +136,17 @@ class QuantumLayer(nn.Module):
         except UnsupportedCircuit:
             pass  # run through PennyLane instead
         self.check_memory(batch=1)
-        self.options, self.noise, self._executor = None, "", None
+        self.options, self.noise, self._executor, self.gradient = None, "", None, None
         if self.backend.samples:
             from hybrid.ibm.jobs import ExecutionOptions  # plain data; no Qiskit import
 
             if self.program is None:
                 raise InputError(f"{circuit!r} does not compile to gates, so it cannot run on {self.backend.name}; "
                                  "use a template from circuits.TEMPLATES")  # fmt: skip
+            from hybrid.ibm.shots import Gradient  # plain data; Qiskit is imported where jobs are built
+
             self.options, self.noise = ExecutionOptions.from_config(execution), execution.noise
+            self.gradient = Gradient.from_config(execution)
 
     @classmethod
     def from_config(cls, circuit: CircuitConfig, execution: ExecutionConfig | None = None) -> QuantumLayer:
@@ -161,7 +164,7 @@ class QuantumLayer(nn.Module):
         if self._executor is None:
             from hybrid.ibm.shots import ShotExecutor
 
-            self._executor = ShotExecutor(self.program, self.backend, self.options, self.noise)
+            self._executor = ShotExecutor(self.program, self.backend, self.options, self.noise, self.gradient)
         return self._executor
 
     @property

@@ -11,7 +11,7 @@ A submit run folder is a ``hybrid train`` run folder plus ``jobs.sqlite`` (the j
 ``submit.json`` (task and source), ``submit.log`` and, for local backends, ``local_jobs/``
 (finished results, where IBM's servers would keep them). Training reuses ``hybrid.train``
 as is: each step is one forward with its parameter shifts (or SPSA perturbations,
-``--gradient spsa``, which the runtime applies to every layer), so ONE job per step.
+``--gradient spsa``, which every layer's executor applies), so ONE job per step.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from hybrid.data import load_dataset
 from hybrid.errors import InputError
 from hybrid.ibm.credentials import connect, scrub
 from hybrid.ibm.devices import check_noise
-from hybrid.ibm.jobs import FINAL_STATES, ExecutionOptions, JobResult, LocalService
+from hybrid.ibm.jobs import FINAL_STATES, ExecutionOptions, IBMService, JobResult, LocalService
 from hybrid.ibm.journal import JOURNAL, Journal
 from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
 from hybrid.ibm.runtime import Cost, Pub, Runtime, measurement_settings
@@ -103,11 +103,10 @@ def submit(args, overrides: dict, ibm=None) -> int:
     try:
         if backend.service == "ibm" and ibm is None:
             logging.getLogger("hybrid.ibm").debug("connecting to IBM Quantum for %s", backend.name)  # file only
-            ibm = connect()
+            ibm = IBMService(connect())
         # A resumed run previews on its recorded qubits; a new one records them once it starts.
         journal = Journal(out / JOURNAL) if (out / JOURNAL).exists() else None
-        runtime = Runtime(options, journal, LocalService(None if args.dry_run else out / LOCAL_JOBS), ibm,
-                          gradient=Gradient.from_config(cfg.execution))  # fmt: skip
+        runtime = Runtime(options, journal, LocalService(None if args.dry_run else out / LOCAL_JOBS), ibm)
         _print_preview(cfg, backend, task, runtime)  # refuses a job over the limits
         if args.dry_run:
             return 0

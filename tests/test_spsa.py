@@ -17,6 +17,7 @@ import torch
 
 import circuits
 from hybrid import InputError, QuantumLayer
+from hybrid.backends import ExecutionConfig
 from hybrid.cli import main
 from hybrid.ibm import Journal, Runtime
 from hybrid.ibm.shots import Gradient, rademacher, spsa_angles, spsa_jacobian
@@ -43,12 +44,14 @@ def f(program, angles: np.ndarray) -> np.ndarray:
 def test_spsa_job_equals_its_closed_form_for_fixed_directions(monkeypatch):
     sent = exact_estimator(monkeypatch)
     circuit = circuits.HardwareEfficient(2, 2)
-    layer = QuantumLayer(circuit, "fake_manila").double()
-    program, gradient = layer.program, Gradient("spsa", resamplings=3, c=0.3)
+    spsa = ExecutionConfig(gradient="spsa", resamplings=3, spsa_c=0.3)
+    layer = QuantumLayer(circuit, "fake_manila", spsa).double()  # the layer carries its gradient
+    program = layer.program
+    assert layer.executor.gradient == Gradient("spsa", resamplings=3, c=0.3)
     x = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
     probe = torch.randn(4, circuit.n_outputs, dtype=torch.float64)
     torch.manual_seed(5)
-    with Runtime(layer.options, gradient=gradient).active():
+    with Runtime(layer.options).active():
         (layer(x) * probe).sum().backward()
     assert len(sent) == 1 and len(sent[0]) == 2 and sent[0][1][2].shape[:3] == (4, 2, 3)  # forward, spsa (N, +-, R)
 
@@ -121,10 +124,10 @@ def test_spsa_follows_pennylane_spsa_optimizer_convention():
 
 def test_one_job_per_step_with_spsa_and_the_qnspsa_metric_on_a_fake_device(monkeypatch):
     sent = exact_estimator(monkeypatch)
-    layer = QuantumLayer(circuits.HardwareEfficient(2, 2), "fake_manila").double()
+    layer = QuantumLayer(circuits.HardwareEfficient(2, 2), "fake_manila", ExecutionConfig(gradient="spsa")).double()
     x = torch.rand(6, 2, dtype=torch.float64)
     qng = QNGPreconditioner([layer], metric="qnspsa", metric_samples=4, seed=1)
-    with Runtime(layer.options, gradient=Gradient("spsa")).active():
+    with Runtime(layer.options).active():
         for step in range(3):
             layer.weights.grad = None
             layer(x).sum().backward()
@@ -196,3 +199,13 @@ def test_spsa_or_the_estimator_metric_on_an_exact_simulator_is_refused():
     with pytest.raises(InputError, match="optim.qng.metric='estimator' runs on Qiskit backends"):
         QNGPreconditioner([QuantumLayer(circuit)], metric="estimator")
     assert main(["train", "--gradient", "spsa", "--steps", "1", "--quiet", "--set", "data.corpus_chars=2000"]) == 2
+
+
+def test_hybrid_train_layers_carry_the_configured_gradient():
+    from hybrid.config import Config, apply_overrides
+    from hybrid.models import HybridGPT
+
+    cfg = apply_overrides(Config(), {"circuit.backend": "fake_manila", "circuit.n_qubits": 2,
+                                     "execution.gradient": "spsa", "execution.resamplings": 2})  # fmt: skip
+    model = HybridGPT(cfg.model, 10, cfg.circuit, cfg.execution)
+    assert model.lm_head.circuit.executor.gradient == Gradient("spsa", resamplings=2, c=0.1)

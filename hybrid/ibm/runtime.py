@@ -28,7 +28,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,9 +47,6 @@ from hybrid.ibm.jobs import (
     submit,
 )
 from hybrid.ibm.journal import Journal
-
-if TYPE_CHECKING:
-    from hybrid.ibm.shots import Gradient
 
 log = logging.getLogger("hybrid.ibm")
 POLL_SECONDS = 5.0  # at most, between status queries while an IBM job waits (0.1 s doubling up to this)
@@ -139,15 +135,12 @@ class Runtime:
         local: the service for ``qiskit.aer`` and ``fake_<device>`` backends.
         ibm: the service for ``ibm_<device>``; None builds one from the saved account on
             first use (``hybrid.ibm.credentials.connect``). Inject one in tests.
-        gradient: parameter shift or SPSA for every layer whose jobs go here
-            (``hybrid.ibm.shots.Gradient``); None: each layer's executor decides.
     """
 
     options: ExecutionOptions = field(default_factory=ExecutionOptions)
     journal: Journal | None = None
     local: LocalService = field(default_factory=LocalService)
     ibm: IBMService | None = None
-    gradient: Gradient | None = None  # the run's gradient (hybrid submit: execution.gradient); None: each layer's own
     step: int | None = None
     submitted: int = 0  # jobs this process sent
     reused: int = 0  # jobs this process took from the journal (their results, or their ids)

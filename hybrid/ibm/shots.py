@@ -171,7 +171,7 @@ class ShotExecutor:
         (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift
         or its SPSA estimate (``gradient``), all in one job."""
         runtime = self.runtime()
-        gradient = getattr(runtime, "gradient", None) or self.gradient
+        gradient = self.gradient
         isa = self.isa(runtime)
         observables = isa.observables(self.observables)
         settings = measurement_settings(observables)
