@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,12 @@ TRAIN_FLAGS = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # hybrid train --nproc runs them again under torchrun
     try:
         return args.handler(args)
     except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # data parallel: rank 0 says it, once
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set model.n_embd=128 (repeatable)")  # fmt: skip
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="data-parallel processes on this machine, via torchrun (--batch-size is the global batch)")
     train.set_defaults(handler=run_train)
 
     sweep = commands.add_parser("sweep", help="train a grid of models on the built-in corpus and fit scaling laws")
@@ -180,11 +185,38 @@ def run_train(args: argparse.Namespace) -> int:
             f"hybrid train sends no jobs to IBM hardware; use hybrid submit --backend {cfg.circuit.backend} "
             "(cost preview, job journal, resume without paying twice)"
         )
+    if args.nproc is not None and args.nproc != 1:
+        return _relaunch(args, cfg, out)
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # data parallel: rank 0 reports
     floor = f" (entropy floor {summary.floor:.3f}, gap {summary.val_loss - summary.floor:.3f})" if summary.floor else ""
     print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char{floor}")
     print(f"run folder: {summary.out}")
     return 0
+
+
+def _relaunch(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    """``hybrid train --nproc N``: check what the ranks would refuse, then run this command
+    again as N torchrun processes (the run folder fixed here, so that all ranks share it)."""
+    from hybrid.config import validate
+    from hybrid.parallel import check_world, launched_size, relaunch
+
+    if args.nproc < 1:
+        raise InputError(f"--nproc takes the number of processes (1 or more), got {args.nproc}")
+    if launched_size() > 1:
+        raise InputError("--nproc starts torchrun itself; drop it when launching with torchrun")
+    validate(cfg)
+    check_world(cfg, args.nproc)
+    argv, rest = [], iter(args.argv)
+    for arg in rest:
+        if arg == "--nproc":
+            next(rest)  # and its value
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    if not args.resume and not args.out:
+        argv += ["--out", str(out)]
+    return relaunch(argv, args.nproc)
 
 
 def run_sweep(args: argparse.Namespace) -> int:

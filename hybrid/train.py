@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from hybrid.errors import InputError
 from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
 from hybrid.optim import build_optimizer, lr_factor
 from hybrid.optim.kfac import sampled_fisher_backward
+from hybrid.optim.reduce import local_only
+from hybrid.parallel import World, check_world, mean_over_ranks, on_main, process_group, shard, wrap
 from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import append_row, read_table, write_table
@@ -105,51 +108,63 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     saved config (``resume_config(out)``), where only ``train.steps`` may differ, to extend it.
     ``on_step(step)`` is called before each step's evaluation and update (``hybrid submit``
     labels its hardware jobs with it).
+
+    Under torchrun (or in an initialized process group) this is one rank of data-parallel
+    training (``hybrid.parallel``): ``train.batch_size`` is the global batch, each rank trains
+    on its slice, and rank 0 alone writes ``out`` and evaluates; the other ranks return NaN losses.
     """
     out = Path(out)
-    if resume:
-        _check_same_run(cfg, resume_config(out), out)
-        # A run killed before its first checkpoint has only its config: it starts again from step 0.
-        resume = (out / CHECKPOINT).exists()
-    validate(cfg)
-    device = torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    cfg.train.validate()  # the device, before a process group is joined on it
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("train.device is cuda but no CUDA GPU is visible; use --device cpu")
-    make_run_folder(out)
+    with process_group(cfg.train.device) as world:
+        return _train(cfg, out, resume, progress and world.main, on_step, world)
+
+
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world: World) -> RunSummary:
+    if resume:
+        # A run killed before its first checkpoint has only its config: it starts again from step 0.
+        resume = on_main(world, lambda: _check_same_run(cfg, resume_config(out), out) or (out / CHECKPOINT).exists())
+    validate(cfg)
+    check_world(cfg, world.size)
+    on_main(world, lambda: make_run_folder(out))
+    device = world.device
 
     # config -> data -> model -> optimizer
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, cfg.model.block_size)
     model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution).to(device)
-    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size  # the global batch
     for layer in model.modules():
         if isinstance(layer, QuantumLayer):
-            layer.check_memory(tokens_per_step)
-    optimizer = build_optimizer(model, cfg.optim)
+            layer.check_memory(tokens_per_step // world.size)
+    optimizer = build_optimizer(model, cfg.optim)  # on the inner model: K-FAC's hooks see every rank's slice
+    net = wrap(model, world)  # what the training step calls: DDP averages the gradients over ranks
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
-    batch_rng = torch.Generator().manual_seed(cfg.train.seed)
+    batch_rng = torch.Generator().manual_seed(cfg.train.seed)  # draws global batches: the same on every rank
     eval_rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # fixed evaluation batches
     eval_sets = {
         split: [_to(dataset.batch(split, cfg.train.batch_size, cfg.model.block_size, eval_rng), device)
                 for _ in range(cfg.train.eval_batches)]
         for split in ("train", "val")
-    }  # fmt: skip
+    } if world.main else {}  # fmt: skip
 
-    with folder_lock(out):  # one process per run folder
-        step = 0
+    with folder_lock(out) if world.main else nullcontext():  # one process per run folder
+        step, logged = 0, []
         if resume:
-            state = load_checkpoint(out / CHECKPOINT)
-            _check_same_run(cfg, config_from_dict(state["config"], source=str(out / CHECKPOINT)), out)
+            state = on_main(world, lambda: _load_state(cfg, out))
             step, seconds_before = _restore(state, model, optimizer, scheduler, batch_rng, dataset)
-            # Rows logged after the checkpoint are replayed by this run: drop them.
-            logged = [r for r in read_table(out / METRICS) if r["step"] <= step]
-            write_table(out / METRICS, logged)
-            reset_tracking(out, keep_through=step)
+            if world.main:  # rows logged after the checkpoint are replayed by this run: drop them
+                logged = [r for r in read_table(out / METRICS) if r["step"] <= step]
+                write_table(out / METRICS, logged)
+                reset_tracking(out, keep_through=step)
         else:
             seconds_before = 0.0
-            (out / METRICS).unlink(missing_ok=True)
-            reset_tracking(out)
-        save_config(cfg, out / CONFIG)
+            if world.main:
+                (out / METRICS).unlink(missing_ok=True)
+                reset_tracking(out)
+        if world.main:
+            save_config(cfg, out / CONFIG)
 
         start_step, start_time, losses = step, time.perf_counter(), []
 
@@ -166,30 +181,34 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 on_step(step)
             every = cfg.train.diagnostics_every  # before the checkpoint: a checkpoint at a step implies its row
             if every and (step % every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
-                damping = {"classical": cfg.optim.kfac.damping, "quantum": cfg.optim.qng.damping}
-                track(model, eval_sets["train"][0], out, step, optimizer, damping=damping)  # a fixed batch
+                if world.main:  # rank 0 alone, on a fixed batch, its collectives off
+                    damping = {"classical": cfg.optim.kfac.damping, "quantum": cfg.optim.qng.damping}
+                    with local_only():
+                        track(model, eval_sets["train"][0], out, step, optimizer, damping=damping)
             # evaluate, log, checkpoint (a resumed run already did this at its start step)
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
-                train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
-                interval = time.perf_counter() - interval_start
-                row = {
-                    "step": step, "train_loss": train_loss, "val_loss": val_loss,
-                    "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
-                    "batch_loss": sum(losses) / len(losses) if losses else math.nan,
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens_per_s": interval_tokens / interval if interval_tokens else math.nan,
-                    "seconds": seconds(),
-                    **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
-                }  # fmt: skip
-                append_row(out / METRICS, row)
-                _save(out / CHECKPOINT, step, seconds(), cfg, dataset, model, optimizer, scheduler, batch_rng)
-                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+                batch_loss = mean_over_ranks(sum(losses) / len(losses), world) if losses else math.nan
+                if world.main:
+                    train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
+                    interval = time.perf_counter() - interval_start
+                    row = {
+                        "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                        "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
+                        "batch_loss": batch_loss, "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": interval_tokens / interval if interval_tokens else math.nan,
+                        "seconds": seconds(),
+                        **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
+                    }  # fmt: skip
+                    append_row(out / METRICS, row)
+                    _save(out / CHECKPOINT, step, seconds(), cfg, dataset, model, optimizer, scheduler, batch_rng,
+                          world.size)  # fmt: skip
+                    bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
                 losses, interval_start, interval_tokens = [], time.perf_counter(), 0
             if step >= cfg.train.steps:
                 break
-            batch = _to(dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng), device)
+            batch = dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, batch_rng)  # (B, T) global
             try:
-                losses.append(train_step(model, optimizer, batch, cfg.optim.grad_clip))
+                losses.append(train_step(net, optimizer, _to(shard(batch, world), device), cfg.optim.grad_clip))
             except Diverged as error:
                 raise Diverged(f"step {step + 1}: {error}") from None
             scheduler.step()
@@ -200,10 +219,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         bar.close()
 
-        plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
-        if cfg.train.sample_chars:
-            text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
-            (out / SAMPLE).write_text(text, encoding="utf-8")
+        if world.main:
+            plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
+            if cfg.train.sample_chars:
+                text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
+                (out / SAMPLE).write_text(text, encoding="utf-8")
         return RunSummary(step, train_loss, val_loss, dataset.floor, seconds(), out)
 
 
@@ -244,9 +264,16 @@ def _to(batch, device):
     return tuple(t.to(device) for t in batch)
 
 
-def _save(path, step, seconds, cfg, dataset, model, optimizer, scheduler, batch_rng) -> None:
+def _load_state(cfg: Config, out: Path) -> dict:
+    state = load_checkpoint(out / CHECKPOINT)
+    _check_same_run(cfg, config_from_dict(state["config"], source=str(out / CHECKPOINT)), out)
+    return state
+
+
+def _save(path, step, seconds, cfg, dataset, model, optimizer, scheduler, batch_rng, world_size=1) -> None:
     save_checkpoint(path, {
         "step": step, "seconds": seconds, "config": cfg.to_dict(), "vocab": dataset.tokenizer.vocab,
+        "world_size": world_size,  # for the record: batches are global, so any world size resumes
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "batches": batch_rng.get_state()},

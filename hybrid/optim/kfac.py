@@ -47,6 +47,7 @@ from hybrid.optim.kfac_blocks import (
     inverse_precondition,
 )
 from hybrid.optim.preconditioned import PreconditionedSGD
+from hybrid.optim.reduce import rank_and_size, row_offset, share_from_owners, weighted_mean
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +373,10 @@ class KFACPreconditioner:
             return
         flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
         cdf = F.softmax(flat.detach().double(), dim=-1).cumsum(-1)  # (M, V)
-        u = torch.rand(flat.shape[0], 1, generator=self.generator, dtype=torch.float64).to(flat.device)  # (M, 1)
+        # Data parallel: every rank draws all ranks' uniforms and keeps its rows, as one process would.
+        start, total = row_offset(flat.shape[0], flat.device)
+        u = torch.rand(total, 1, generator=self.generator, dtype=torch.float64)[start : start + flat.shape[0]]
+        u = u.to(flat.device)  # (M, 1)
         labels = torch.searchsorted(cdf, u, right=True).clamp_(max=flat.shape[-1] - 1).squeeze(1)  # (M,)
         self._sampling = True
         try:
@@ -415,9 +419,13 @@ class KFACPreconditioner:
         return directions
 
     def _batch_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """This step's A and G per layer: the one place where data-parallel training would
-        all-reduce (average) them across ranks."""
-        factors = {}
+        """This step's A and G per layer, averaged over the ranks of data-parallel training.
+
+        Rank r's factors average its own M_r rows, and its g are of its own mean loss, so
+        ``M_r g`` is the per-token gradient, as in one process: A and G over the global batch
+        are the ranks' weighted by their rows (M_r for G, A's rows for A), one all-reduce.
+        """
+        factors, counts = {}, {}
         for name, layer in self.layers.items():
             x, g = self._inputs[name], self._grads[name]
             if not x and layer.weight.grad is not None:
@@ -434,7 +442,20 @@ class KFACPreconditioner:
             paired = sorted(g)  # forwards that were backpropagated
             factors[name] = batch_factors([x[i] for i in paired], [g[i] for i in paired], self.kfac_approx,
                                           layer.bias is not None)  # fmt: skip
-        return factors
+            tokens = [x[i].shape[:-1].numel() for i in paired]  # G's rows; A's unless reduce sums over positions
+            rows = [t if self.kfac_approx == "expand" or x[i].dim() == 2 else x[i].shape[0]
+                    for t, i in zip(tokens, paired, strict=True)]  # fmt: skip
+            counts[name] = (sum(rows), sum(tokens))
+        if rank_and_size()[1] == 1:
+            return factors
+        for name, layer in self.layers.items():  # a layer without this step's data here still takes part
+            if name not in factors:
+                d_out, d_in = layer_dims(layer)
+                d_a = d_in + (layer.bias is not None)
+                w = layer.weight
+                factors[name] = (w.new_zeros(d_a, d_a), w.new_zeros(d_out, d_out))
+                counts[name] = (0, 0)
+        return weighted_mean({n: factors[n] for n in self.layers}, counts)
 
     def _update_factors(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         for name, (A, G) in factors.items():
@@ -448,25 +469,37 @@ class KFACPreconditioner:
                 self.A[name], self.G[name] = A, G
 
     def _decompose(self) -> None:
-        """Decompose every factor, batched by size, in float64; failures keep the old result."""
+        """Decompose every factor, batched by size, in float64; failures keep the old result.
+        Data parallel: layer i is decomposed on rank i % world size alone and broadcast."""
+        rank, size = rank_and_size()
+        owners = {(name, key): i % size for i, name in enumerate(self.A) for key in ("A", "G")}
         todo: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}  # (size, device) -> [(layer, "A"/"G", matrix)]
-        for name in self.A:
+        for name in (n for n in self.A if owners[n, "A"] == rank):
             A, G = self.A[name].double(), self.G[name].double()
             if self.inverse == "cholesky":
                 A, G = factored_damping(A, G, self.damping)
             for key, M in (("A", A), ("G", G)):
                 todo.setdefault((M.shape[0], M.device), []).append((name, key, M))
+        results = {}
         for items in todo.values():
             for (name, key, _), result in zip(items, decompose([M for *_, M in items], self.inverse), strict=True):
-                if result is None:
-                    self.fallbacks += 1
-                    continue
-                dtype = self.A[name].dtype
-                entry = self._decomposed.setdefault(name, {})
-                if self.inverse == "eigh":
-                    entry[f"Q{key}"], entry[f"l{key}"] = result[0].to(dtype), result[1]
-                else:
-                    entry[f"{key}_inv"] = result.to(dtype)
+                results[name, key] = result if result is None or self.inverse == "eigh" else (result,)
+        if size > 1:
+            f64 = {"dtype": torch.float64, "device": next(iter(self.A.values())).device}
+            like = {(n, k): (torch.empty(d, d, **f64), torch.empty(d, **f64)) if self.inverse == "eigh"
+                    else (torch.empty(d, d, **f64),)
+                    for n in self.A for k, d in (("A", self.A[n].shape[0]), ("G", self.G[n].shape[0]))}  # fmt: skip
+            results = share_from_owners(results, owners, like)
+        for (name, key), result in results.items():
+            if result is None:
+                self.fallbacks += 1
+                continue
+            dtype = self.A[name].dtype
+            entry = self._decomposed.setdefault(name, {})
+            if self.inverse == "eigh":
+                entry[f"Q{key}"], entry[f"l{key}"] = result[0].to(dtype), result[1]
+            else:
+                entry[f"{key}_inv"] = result[0].to(dtype)
         self._batch_decompositions()
 
     def _batch_decompositions(self) -> None:

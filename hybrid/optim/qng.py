@@ -39,6 +39,7 @@ from hybrid.optim.metric import (
     qnspsa_sample,
 )
 from hybrid.optim.preconditioned import PreconditionedSGD
+from hybrid.optim.reduce import row_offset, sum_
 from hybrid.quantum import QuantumLayer
 
 APPROX = ("diag", "block-diag", "full")
@@ -220,10 +221,12 @@ class QNGPreconditioner:
     def update_metrics(self) -> list[torch.Tensor]:
         """The metric of every layer on a fresh subsample of its latest inputs: [(P, P), ...].
 
-        The one place curvature statistics are computed; under data parallelism an all-reduce
-        (mean over ranks) of these tensors goes right here.
+        The one place curvature statistics are computed. Data parallel (the ``exact`` and
+        ``estimator`` metrics computed here): every rank draws the same subsample of all ranks'
+        inputs, as one process would of the global batch, computes the metric of its own
+        rows weighted by their share, and one all-reduce sums the shares.
         """
-        metrics = []
+        metrics, shared = [], []
         estimated = self._estimated()
         for layer in self.layers:
             inputs = layer.last_inputs
@@ -245,9 +248,17 @@ class QNGPreconditioner:
                 metric = torch.from_numpy(rode).to(layer.weights.device)
                 metrics.append(metric.diag().diag() if self.approx == "diag" else metric)
                 continue
-            rows = torch.randperm(inputs.shape[0], generator=self.generator)[: self.metric_samples]
-            sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
-            metrics.append(metric_tensor(layer, sample, self.approx, method=self.method))
+            start, total = row_offset(inputs.shape[0], inputs.device)  # this rank's rows among all ranks'
+            rows = torch.randperm(total, generator=self.generator)[: self.metric_samples]
+            drawn, rows = rows.numel(), rows[(rows >= start) & (rows < start + inputs.shape[0])] - start
+            sample = inputs[rows.to(inputs.device)]  # (this rank's of the min(N, metric_samples) drawn, n_inputs)
+            n = layer.weights.numel()
+            metric = torch.zeros(n, n, dtype=torch.float64, device=layer.weights.device)  # no rows drawn here
+            if rows.numel():
+                metric = metric_tensor(layer, sample, self.approx, method=self.method) * (rows.numel() / drawn)
+            metrics.append(metric)
+            shared.append(metric)
+        sum_(shared)
         if self.metric == "qnspsa":
             self.refreshes += 1
         return metrics
