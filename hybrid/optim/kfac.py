@@ -132,11 +132,11 @@ def layer_dims(layer: nn.Module) -> tuple[int, int]:
 
 
 def kfac_layers(
-    model: nn.Module, exclude: Iterable[str] = (), max_dim: int = 2048, conv1d: bool = True
+    model: nn.Module, exclude: Iterable[str] = (), max_dim: int = 2048
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The linear layers K-FAC preconditions, and why the rest of the model is left out.
 
-    Linear layers are ``nn.Linear`` and, with ``conv1d``, Hugging Face's ``Conv1D``. Left out:
+    Linear layers are ``nn.Linear`` and Hugging Face's ``Conv1D``. Left out:
     frozen weights, projections of ``nn.MultiheadAttention`` (it calls them functionally, so
     hooks never fire), layers whose name or an ancestor's name matches a pattern of
     ``exclude`` (``fnmatch``, e.g. ``"lm_head"`` or ``"blocks.*.attn.query"``), layers with a
@@ -178,8 +178,6 @@ def kfac_layers(
         d_out, d_in = layer_dims(m)
         if not m.weight.requires_grad:
             skipped[name] = "frozen"
-        elif not conv1d and is_transposed(m):
-            skipped[name] = "Conv1D: this preconditioner writes nn.Linear's weight layout only"
         elif any(a in mha for a in ancestors):
             skipped[name] = "inside nn.MultiheadAttention, which bypasses its forward"
         elif any(fnmatch.fnmatchcase(a, p) for a in ancestors for p in exclude):
@@ -296,10 +294,7 @@ class KFACPreconditioner:
         self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
         self.kl_clip, self.inverse = kl_clip, inverse
         self.graft, self.adam_steps, self.betas, self.eps = graft, adam_steps, (beta1, beta2), eps
-        # A subclass with its own precondition() (eigen_adam) writes gradients in nn.Linear's
-        # layout; Conv1D layers go to K-FAC proper, whose _write transposes them back.
-        conv1d = type(self).precondition is KFACPreconditioner.precondition
-        self.layers, self.excluded = kfac_layers(model, exclude, max_dim, conv1d=conv1d)
+        self.layers, self.excluded = kfac_layers(model, exclude, max_dim)
         report_excluded(type(self).__name__, self.layers, self.excluded)  # once, when the optimizer is built
         owned = [(name, p) for name, m in self.layers.items() for p in (m.weight, m.bias)
                  if p is not None and p.requires_grad]  # fmt: skip
