@@ -3,7 +3,8 @@ composed into one optimizer whose updates are stock torch steps.
 
     metric.py         the Fubini-Study metric tensor of a QuantumLayer's weights
     qng.py            quantum natural gradient (QNGPreconditioner, QNG)
-    kfac_blocks.py    one nn.Linear's Kronecker factors, decompositions and damped inverse
+    kfac_blocks.py    one linear layer's Kronecker factors, decompositions and damped inverse
+    linear_layers.py  which layers K-FAC takes (nn.Linear, Conv1D) and why it leaves the rest
     kfac.py           K-FAC over a model's linear layers (KFACPreconditioner, KFAC)
     optimizer.py      HybridOptimizer: the preconditioners, then the stock steps
     preconditioned.py KFAC and QNG alone: HybridOptimizer on one preconditioner

@@ -23,7 +23,8 @@ from torch import nn
 from hybrid.errors import InputError, check_choice, check_number
 from hybrid.models import QuantumProjection
 from hybrid.optim.eigen_adam import EigenAdamPreconditioner, EigenAdamSettings
-from hybrid.optim.kfac import KFACPreconditioner, KFACSettings, kfac_layers
+from hybrid.optim.kfac import KFACPreconditioner, KFACSettings
+from hybrid.optim.linear_layers import kfac_layers
 from hybrid.optim.metric_adam import MetricAdamPreconditioner, MetricAdamSettings
 from hybrid.optim.optimizer import HybridOptimizer, trainable_parameters
 from hybrid.optim.qng import QNGPreconditioner, QNGSettings
