@@ -51,8 +51,11 @@ class ExecutionConfig:
     resamplings: int = 1  # spsa only: perturbation directions per input, averaged
     spsa_c: float = 0.1  # spsa only: perturbation size c in (0, pi]; angles are shifted by +-c per direction entry
 
-    def validate(self, backend: Backend | None = None, prefix: str = "execution.") -> ExecutionConfig:
-        """Ranges of every key; with ``backend``, also whether it can use them (noise on qiskit.aer only).
+    def validate(
+        self, backend: Backend | None = None, n_qubits: int | None = None, prefix: str = "execution.",
+    ) -> ExecutionConfig:  # fmt: skip
+        """Ranges of every key; with ``backend``, also whether it can use them (noise on qiskit.aer
+        only), and with ``n_qubits`` whether the circuit fits the fake device it simulates.
 
         Raises:
             InputError: naming the key and the fix.
@@ -71,9 +74,11 @@ class ExecutionConfig:
 
         ExecutionOptions.from_config(self)
         if backend is not None:
-            from hybrid.ibm.devices import check_noise
+            from hybrid.ibm.devices import check_noise, check_width
 
             check_noise(backend, self.noise)
+            if n_qubits is not None:
+                check_width(backend, self.noise, n_qubits)
         return self
 
 

@@ -184,7 +184,7 @@ def validate(cfg: Config) -> Config:
     cfg.optim.validate()
     if cfg.model.quantum != "none":
         cfg.circuit.validate()
-        cfg.execution.validate(get_backend(cfg.circuit.backend))
+        cfg.execution.validate(get_backend(cfg.circuit.backend), cfg.circuit.n_qubits)
     check_controls(cfg.model, cfg.circuit)
     roles = cfg.optim.roles()
     circuit_optimizer = roles["circuit"]

@@ -126,7 +126,7 @@ class QuantumLayer(nn.Module):
         execution = dataclasses.replace(execution, **replace)
         self.circuit = circuit
         self.backend = get_backend(backend)
-        execution.validate(self.backend)
+        execution.validate(self.backend, circuit.n_qubits)
         self.weights = nn.Parameter(torch.empty(tuple(circuit.weight_shape)).uniform_(0, 2 * math.pi))
         self.last_inputs: torch.Tensor | None = None
         self.program = None

@@ -169,6 +169,7 @@ def test_eval_and_metric_tasks(tmp_path, capsys):
         (["--max-execution-time", "1"], "over the 1 s of execution.max_execution_time"),
         (["--set", "circuit.mode=dedicated"], "execution.mode must be one of job, batch, session"),
         (["--noise", "fake_lima"], "execution.noise applies to qiskit.aer only"),
+        (["--set", "circuit.n_qubits=7"], "does not fit fake_manila, which has 5 qubits"),  # before transpiling
     ],
 )
 def test_bad_submissions_fail_before_any_job(tmp_path, capsys, flags, message):

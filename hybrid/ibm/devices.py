@@ -57,6 +57,19 @@ def check_noise(backend, noise: str) -> None:
         fake_backend_class(noise)
 
 
+def check_width(backend, noise: str, n_qubits: int) -> None:
+    """Raise InputError when a circuit of ``n_qubits`` wires cannot fit the fake device that
+    ``backend`` (``fake_<device>``) or its ``noise`` (``qiskit.aer``) names, before anything is
+    transpiled. Hardware is checked when the service reports its device."""
+    device = backend.name if backend.service == "local" else noise if backend.service == "aer" else ""
+    if not device:
+        return
+    width = fake_backend_class(device)().num_qubits
+    if n_qubits > width:
+        raise InputError(f"circuit.n_qubits={n_qubits} does not fit {device}, which has {width} qubits; "
+                         f"use --qubits {width} or fewer, or a larger device")  # fmt: skip
+
+
 def fake_backend(name: str):
     """A new instance of fake device ``name`` (its noise model is built on first use)."""
     return fake_backend_class(name)()
