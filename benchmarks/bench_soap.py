@@ -22,7 +22,7 @@ AdamW's) and, with ``--out``, writes it with the machine, versions, command and 
 from __future__ import annotations
 
 import argparse
-import datetime
+import datetime as dt
 import math
 import platform
 import statistics
@@ -138,7 +138,7 @@ def main() -> None:
         f"- versions: torch {torch.__version__}, pytorch-optimizer {version('pytorch-optimizer')}, "
         f"Python {platform.python_version()}",
         f"- command: `python benchmarks/bench_soap.py {' '.join(sys.argv[1:])}`",
-        f"- date: {datetime.date.today()}",
+        f"- date: {dt.date.today()}",
     ]
     table = "\n".join(lines) + "\n"
     print(table)

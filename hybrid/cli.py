@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     train.add_argument("--steps", type=int, help="optimizer steps")
     train.add_argument("--data", help="UTF-8 text file (default: the built-in corpus)")
-    train.add_argument("--quantum", help="where the circuit goes: head, ffn or none")
+    train.add_argument("--quantum", help="where the circuit goes: head, ffn, attn or none")
     train.add_argument("--backend", help="default.qubit, lightning.qubit, ...")
     train.add_argument("--circuit", help="template name, see circuits.TEMPLATES")
     train.add_argument("--qubits", type=int, help="qubits of the circuit")

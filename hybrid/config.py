@@ -196,9 +196,8 @@ def validate(cfg: Config) -> Config:
     if circuit_optimizer != "none" and cfg.model.quantum_control == "classical" and asked:
         raise InputError(f"{who} trains circuits with {circuit_optimizer}, but model.quantum_control=classical has "
                          "none; use --optimizer adamw, kfac, muon or hybrid (K-FAC + AdamW there)")  # fmt: skip
-    if circuit_optimizer != "none" and cfg.model.quantum != "none" and not cfg.circuit.trainable \
-            and not cfg.model.quantum_control:  # fmt: skip
+    frozen = cfg.model.quantum != "none" and not cfg.circuit.trainable and not cfg.model.quantum_control
+    if circuit_optimizer != "none" and frozen and asked:  # other presets leave frozen circuits alone
         raise InputError(f"{who} trains the circuit weights with {circuit_optimizer}, but circuit.trainable="
-                         "false freezes them; add --set optim.circuit=none, or use --optimizer adamw, kfac or muon"
-                         )  # fmt: skip
+                         "false freezes them; use --optimizer adamw, kfac, muon or hybrid")  # fmt: skip
     return cfg

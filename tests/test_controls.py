@@ -26,7 +26,7 @@ CONTROLS = {  # name -> overrides
 OPTIMIZERS = ("hybrid", "kfac", "qng", "adamw", "muon")
 REFUSED = {
     ("classical", "qng"): "classical has none; use --optimizer adamw",
-    ("frozen", "qng"): "add --set optim.circuit=none",
+    ("frozen", "qng"): "circuit.trainable=false freezes them; use --optimizer adamw",
 }
 
 
@@ -160,8 +160,6 @@ def test_every_control_trains_with_every_optimizer_it_can(quantum, control, opti
         with pytest.raises(InputError, match=REFUSED[control, optimizer]):
             validate(tiny_config(**overrides))
         return
-    if control == "frozen" and optimizer == "hybrid":
-        overrides["optim.circuit"] = "none"  # K-FAC + AdamW: QNG has nothing to train
     cfg = validate(tiny_config(**overrides))
     model = HybridGPT(cfg.model, 11, cfg.circuit)
     opt = build_optimizer(model, cfg.optim)
@@ -186,9 +184,8 @@ class RotationsOnly(StronglyEntangling):
          "--optimizer qng trains circuits with qng, but model.quantum_control=classical has none; use --optimizer"),
         ({"model.quantum_control": "classical", "optim.circuit": "metric_adam"},
          "model.quantum_control=classical has none"),
-        ({"circuit.trainable": False, "optim.name": "qng"},
-         "circuit.trainable=false freezes them; add --set optim.circuit=none"),
-        ({"circuit.trainable": False}, "circuit.trainable=false freezes them"),  # hybrid's QNG part
+        ({"circuit.trainable": False, "optim.name": "qng"}, "circuit.trainable=false freezes them; use --optimizer"),
+        ({"circuit.trainable": False, "optim.circuit": "metric_adam"}, "circuit.trainable=false freezes them"),
         ({"circuit.name": "rotations_only", "circuit.entangle": False},
          "circuit.entangle=false: rotations_only has no two-qubit gates to drop; set circuit.entangle=true"),
         ({"circuit.entangle": False, "circuit.n_qubits": 1}, "circuit.entangle=false on 1 qubit"),

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from hybrid.cli import main
 
-TINY = ["--quiet", "--steps", "2", "--set", "model.n_embd=8", "--set", "model.n_head=2", "--set", "model.block_size=4",
-        "--set", "model.n_layer=1", "--set", "train.batch_size=2", "--set", "train.eval_every=1",
-        "--set", "train.eval_batches=1", "--set", "data.corpus_chars=2000", "--set", "train.sample_chars=0"]  # fmt: skip
+TINY = ["--quiet", "--steps", "2", "--set", "model.n_embd=8", "--set", "model.n_head=2",
+        "--set", "model.block_size=4", "--set", "model.n_layer=1", "--set", "train.batch_size=2",
+        "--set", "train.eval_every=1", "--set", "train.eval_batches=1", "--set", "data.corpus_chars=2000",
+        "--set", "train.sample_chars=0"]  # fmt: skip
 
 VALID = {
     "optim.lr": st.sampled_from(["1e-3", "3e-3", "0.01"]),

@@ -53,7 +53,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(tmp_path, flags):
         time.sleep(0.005)
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()
-    assert 10 <= load_checkpoint(killed / "checkpoint.pt")["step"] < 120  # the kill may fall between a row and its checkpoint
+    # the kill may fall between a metrics row and its checkpoint
+    assert 10 <= load_checkpoint(killed / "checkpoint.pt")["step"] < 120
     torch.set_num_threads(1)
     assert main(["train", "--resume", str(killed), "--quiet"]) == 0
     assert main(["train", "--out", str(whole), "--quiet", *TINY, *flags]) == 0

@@ -120,16 +120,21 @@ def eigen_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
     return ("eigen_adam", EigenAdamPreconditioner(model, **settings), cfg.eigen_adam.lr, {"momentum": 0.0})
 
 
+def trainable_circuits(model: nn.Module) -> list[QuantumLayer]:
+    """The ``QuantumLayer`` modules whose weights train (``circuit.trainable=false`` freezes them)."""
+    return [m for m in model.modules() if isinstance(m, QuantumLayer) and m.weights.requires_grad]
+
+
 def qng_part(model: nn.Module, cfg: OptimConfig) -> tuple:
-    """QNG on the weights of every ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
-    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    """QNG on the weights of every trainable ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
+    layers = trainable_circuits(model)
     pc = QNGPreconditioner(layers, **cfg.qng.preconditioner_kwargs())
     return ("qng", pc, cfg.qng.lr, {"momentum": cfg.qng.momentum})
 
 
 def metric_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
     """Adam in the eigenbasis of each circuit's metric (``hybrid.optim.metric_adam``)."""
-    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    layers = trainable_circuits(model)
     pc = MetricAdamPreconditioner(layers, **cfg.metric_adam.preconditioner_kwargs())
     return ("metric_adam", pc, cfg.metric_adam.lr, {"momentum": 0.0})
 
@@ -217,12 +222,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     cfg.validate()
     trainable_parameters(model)  # tied weights: one clear error before any hook is placed
     roles = cfg.roles()
-    has_circuit = any(isinstance(m, QuantumLayer) for m in model.modules())
+    has_circuit = bool(trainable_circuits(model))
     if roles["circuit"] != "none" and not has_circuit:
         if cfg.circuit or cfg.name == "qng":
             raise InputError(f"optimizer {roles['circuit']} needs a circuit in the model; "
-                             "use --quantum head or ffn, or another --optimizer")  # fmt: skip
-        roles["circuit"] = "none"  # hybrid on a classical model: K-FAC + AdamW
+                             "use --quantum head, ffn or attn, or another --optimizer")  # fmt: skip
+        roles["circuit"] = "none"  # hybrid on a classical (or frozen-circuit) model: K-FAC + AdamW
     preconditioners, muon = [], None
     for name in roles.values():
         if name == "muon":
