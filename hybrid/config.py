@@ -183,7 +183,7 @@ def validate(cfg: Config) -> Config:
     cfg.train.validate()
     cfg.optim.validate()
     if cfg.model.quantum != "none":
-        cfg.circuit.validate()
+        cfg.circuit.validate(batch=cfg.train.batch_size * cfg.model.block_size)  # every token is one circuit
         cfg.execution.validate(get_backend(cfg.circuit.backend), cfg.circuit.n_qubits)
     check_controls(cfg.model, cfg.circuit)
     roles = cfg.optim.roles()

@@ -38,8 +38,9 @@ class CircuitConfig:
     entangle: bool = True  # false drops the template's two-qubit gates (product states): the entanglement ablation
     trainable: bool = True  # false freezes the circuit weights at their random initialization
 
-    def validate(self, prefix: str = "circuit.") -> CircuitConfig:
-        """Names and sizes, and a lower bound on the memory of one evaluation, without compiling.
+    def validate(self, prefix: str = "circuit.", batch: int = 1) -> CircuitConfig:
+        """Names and sizes, and a lower bound on the memory of ``batch`` evaluations (one
+        complex64 state each, on the simulator), without compiling anything.
 
         Raises:
             InputError: naming the key and the fix.
@@ -64,12 +65,13 @@ class CircuitConfig:
             self.template()  # its own limits (outputs of measure="all"); nothing is compiled
         except ValueError as error:
             raise InputError(str(error)) from None
-        need = statevector.state_bytes(self.n_qubits, 1, torch.float32)
+        batch = batch if get_backend(self.backend).executor == "statevector" else 1
+        need = statevector.state_bytes(self.n_qubits, batch, torch.float32)
         have = statevector.available_bytes(torch.device("cpu"))
         if need > have:
             raise InputError(
-                f"one {self.name} circuit needs about {format_bytes(need)} for its {self.n_qubits}-qubit states but "
-                f"{format_bytes(have)} is free; use fewer qubits or a smaller batch"
+                f"{self.name} on {batch} inputs needs about {format_bytes(need)} or more for its {self.n_qubits}-qubit "
+                f"states but {format_bytes(have)} is free; use fewer qubits or a smaller batch"
             )
         return self
 

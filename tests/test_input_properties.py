@@ -110,3 +110,11 @@ def test_valid_input_trains_and_leaves_a_run_that_resumes(flags):
         assert (out / "checkpoint.pt").is_file() and not list(out.glob(".*.tmp"))
         code, err, _ = run_cli(["train", "--resume", str(out), "--steps", "3", "--quiet"])
         assert code == 0, (flags, err)
+
+
+def test_a_circuit_too_large_for_its_batch_is_refused_before_anything_compiles(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--quiet", "--qubits", "26", "--set", "circuit.measure=Z"]
+    code, err, seconds = run_cli(argv)
+    assert code == 2 and "strongly_entangling on 1024 inputs needs about 512.0 GiB or more" in err, err
+    assert seconds < 5 and not out.exists()
