@@ -189,6 +189,9 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
                 batch_loss = mean_over_ranks(sum(losses) / len(losses), world) if losses else math.nan
                 if world.main:
+                    if not all(torch.isfinite(p).all() for p in model.parameters()):  # never into a checkpoint
+                        raise Diverged(f"step {step}: an update made parameters NaN or Inf; lower the learning "
+                                       "rates or raise damping, then --resume from the last checkpoint")  # fmt: skip
                     train_loss, val_loss = evaluate(model, eval_sets["train"]), evaluate(model, eval_sets["val"])
                     interval = time.perf_counter() - interval_start
                     row = {

@@ -130,3 +130,28 @@ def test_kfac_on_a_bare_linear_layer_is_not_reported_as_tied():
     from hybrid.optim import KFAC
 
     KFAC(torch.nn.Linear(3, 3), lr=0.1)
+
+
+def test_parameters_made_non_finite_by_an_update_never_reach_a_checkpoint(tmp_path, capsys, monkeypatch):
+    from hybrid.checkpoint import load_checkpoint
+    from hybrid.cli import main
+
+    real_step = torch.optim.AdamW.step
+
+    def poisoning_step(self, *args, **kwargs):  # finite gradients, but an update that writes Inf
+        result = real_step(self, *args, **kwargs)
+        if self.state and max(s["step"].item() for s in self.state.values()) >= 10:  # right before an evaluation
+            for group in self.param_groups:
+                group["params"][0].data.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--quiet", "--optimizer", "adamw", "--steps", "20", "--qubits", "2",
+            "--set", "model.n_embd=16", "--set", "model.block_size=8", "--set", "train.batch_size=4",
+            "--set", "train.eval_every=5", "--set", "train.eval_batches=1", "--set", "data.corpus_chars=3000",
+            "--set", "train.sample_chars=0"]  # fmt: skip
+    assert main(argv) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 5 and all(torch.isfinite(t).all() for t in state["model"].values())
