@@ -105,7 +105,8 @@ def tune(
             ran = [_run_trial(s, configs[n], out / "trials" / n, trials, bar) for n, s in studies.items()]
             if any(ran):
                 continue
-            if all(_count(s, (TrialState.RUNNING,)) == 0 for s in studies.values()):
+            if all(_count(s, (TrialState.RUNNING,)) == 0 and _count(s, BUDGET_STATES) >= trials
+                   for s in studies.values()):  # fmt: skip
                 break
             time.sleep(POLL_S)  # the budget is taken: wait for other workers' trials (or for them to die)
     finally:
@@ -189,16 +190,19 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
     if _count(study, BUDGET_STATES) >= budget:
         return False
     trial = study.ask()
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("heartbeat", time.time())
-    # Another worker may have asked between our count and our ask: the later trial gives way.
-    ahead = [t for t in study.get_trials(deepcopy=False, states=BUDGET_STATES) if t.number < trial.number]
-    if len(ahead) >= budget:
-        study.tell(trial, state=TrialState.FAIL)
-        return False
-    params = {key: trial.suggest_float(key, low, high, log=log) for key, (low, high, log) in
-              search_space(cfg.optim).items()}  # fmt: skip
+    try:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("heartbeat", time.time())
+        # Another worker may have asked between our count and our ask: the later trial gives way.
+        ahead = [t for t in study.get_trials(deepcopy=False, states=BUDGET_STATES) if t.number < trial.number]
+        if len(ahead) >= budget:
+            study.tell(trial, state=TrialState.FAIL)
+            return False
+        params = {key: trial.suggest_float(key, low, high, log=log) for key, (low, high, log) in
+                  search_space(cfg.optim).items()}  # fmt: skip
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # SQLite gave this trial to another worker too, which closed it: ask again
     run_cfg = apply_overrides(cfg, params)
     run = folder / str(trial.number)
     reported: set[int] = set()
