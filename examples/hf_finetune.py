@@ -11,7 +11,7 @@ about 2.6 nats/char on the built-in corpus (its floor is 0.445): enough to see t
 not a trained model (the quantum head needs thousands of steps; README, K-FAC). The optimizer
 is the toolkit's default, K-FAC on the linear layers
 (GPT-2's Conv1D projections included), QNG on the circuit, AdamW on the rest:
-``hybrid.build_optimizer(model, hybrid.OptimConfig())``. notebooks/06_hf_finetune.ipynb runs
+``hybrid.build_optimizer(model, hybrid.OptimConfig(name="hybrid"))``. notebooks/06_hf_finetune.ipynb runs
 the same steps with plots.
 """
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, ids, decode = load(args, text)
     hf.attach_quantum_head(model, circuits.StronglyEntangling(args.qubits, 2, measure="all"))
 
-    cfg = hybrid.OptimConfig()  # the default: K-FAC + QNG + AdamW
+    cfg = hybrid.OptimConfig(name="hybrid")  # K-FAC + QNG + AdamW
     optimizer = hybrid.build_optimizer(model, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, args.steps))
     generator = torch.Generator().manual_seed(args.seed)

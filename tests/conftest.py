@@ -37,6 +37,7 @@ def tiny_config(**overrides) -> Config:
         "model.n_embd": 32, "model.n_head": 2, "model.n_layer": 1, "model.block_size": 16,
         "train.batch_size": 8, "train.eval_every": 20, "train.eval_batches": 2,
         "train.sample_chars": 40, "data.corpus_chars": 20_000, "optim.warmup_steps": 5,
+        "optim.name": "hybrid",  # the curvature-aware preset most tests exercise (the default is muon)
     }  # fmt: skip
     return apply_overrides(Config(), {**base, **overrides})
 

@@ -259,7 +259,7 @@ def kfac_model_logits(net, x):
 def test_build_optimizer_preconditions_gpt2_projections_and_reports_the_rest(caplog):
     model = quantum_model("gpt2")
     with caplog.at_level(logging.INFO, logger="hybrid.optim.kfac"):
-        optimizer = hybrid.build_optimizer(model, hybrid.OptimConfig())
+        optimizer = hybrid.build_optimizer(model, hybrid.OptimConfig(name="hybrid"))
     kfac = optimizer.preconditioners["kfac"]
     conv = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
     assert len(conv) == 8 and set(kfac.layers) == {*conv, "lm_head.from_circuit"}

@@ -157,7 +157,7 @@ def test_hybrid_gives_kfac_the_linear_layers_qng_the_circuits_and_adamw_the_rest
     m = model(quantum)
     for to_angles in (False, True):
         cfg = apply_overrides(tiny_config(), {"optim.kfac_to_angles": to_angles}).optim
-        assert cfg.name == "hybrid"  # the default optimizer
+        assert cfg.name == "hybrid"  # tiny_config's optimizer
         owner = owners(build_optimizer(m, cfg), m)
         for name, module in m.named_modules():
             expected = None

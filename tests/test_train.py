@@ -58,7 +58,7 @@ def _params(run):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    settings = ["--steps", "160", "--set", "train.eval_every=20", "--set", "train.sample_chars=0"]
+    settings = ["--steps", "160", "--optimizer", "hybrid", "--set", "train.eval_every=20", "--set", "train.sample_chars=0"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybrid.cli", "train", "--out", str(killed), "--quiet", *settings],
@@ -76,7 +76,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     saved = load_checkpoint(killed / "checkpoint.pt")
     step_at_kill = saved["step"]
     assert 20 <= step_at_kill < 160
-    assert set(saved["optimizer"]["preconditioners"]) == {"kfac", "qng"}  # the default: K-FAC + QNG + AdamW
+    assert set(saved["optimizer"]["preconditioners"]) == {"kfac", "qng"}  # hybrid: K-FAC + QNG + AdamW
 
     assert main(["train", "--resume", str(killed), "--quiet"]) == 0
     uninterrupted = tmp_path / "uninterrupted"
