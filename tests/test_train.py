@@ -58,7 +58,8 @@ def _params(run):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    settings = ["--steps", "160", "--optimizer", "hybrid", "--set", "train.eval_every=20", "--set", "train.sample_chars=0"]
+    settings = ["--steps", "160", "--optimizer", "hybrid", "--set", "train.eval_every=20",
+                "--set", "train.sample_chars=0"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybrid.cli", "train", "--out", str(killed), "--quiet", *settings],

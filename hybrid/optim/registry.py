@@ -53,7 +53,7 @@ class MuonSettings:
 class OptimConfig:
     """``[optim]``: the preset, AdamW on the rest, the schedule, and one section per row."""
 
-    name: str = "muon"  # a preset of PRESETS (the tuned comparison's winner): muon, hybrid, kfac, qng, adamw, muon_qng, ...
+    name: str = "muon"  # a preset of PRESETS, the tuned comparison's winner; also hybrid, kfac, qng, adamw, ...
     linear: str = ""  # override the preset's optimizer of the nn.Linear layers: kfac, eigen_adam, muon or none
     circuit: str = ""  # override the preset's optimizer of the circuit weights: qng, metric_adam or none
     lr: float = 3e-3  # peak AdamW learning rate after warmup (every lr follows the same schedule)
