@@ -296,7 +296,7 @@ def trainer(model, out, steps: int = 20):
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(0, V, (8,), generator=g) for _ in range(64)]
     data = [{"input_ids": r, "labels": r} for r in rows]
-    cfg = hybrid.OptimConfig(warmup_steps=2)
+    cfg = hybrid.OptimConfig(name="hybrid", warmup_steps=2)
     optimizer = hybrid.build_optimizer(model, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: hybrid.optim.registry.lr_factor(s, cfg, steps))
     args = transformers.TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, save_steps=10,

@@ -214,7 +214,7 @@ def test_sigkilled_rank_resumes_to_the_uninterrupted_parameters(two_ranks, tmp_p
         (["--nproc", "8", "--batch-size", "4"], "fewer than one sequence"),
         (["--nproc", "3", "--batch-size", "4"], "does not split evenly"),
         (["--nproc", "2", "--backend", "qiskit.aer"], "simulators only"),
-        (["--nproc", "2", "--set", "optim.qng.metric=qnspsa"], "qnspsa"),
+        (["--nproc", "2", "--optimizer", "hybrid", "--set", "optim.qng.metric=qnspsa"], "qnspsa"),
         (["--nproc", "0"], "--nproc"),
     ],
 )

@@ -86,7 +86,7 @@ class OptimConfig:
         check_number(f"{prefix}grad_clip", self.grad_clip, low=0)
         check_number(f"{prefix}warmup_steps", self.warmup_steps, low=0, integer=True)
         check_number(f"{prefix}min_lr_ratio", self.min_lr_ratio, low=0, high=1)
-        for name in dict.fromkeys(ROWS[n].settings for n in self.roles().values() if n != "none"):
+        for name in dict.fromkeys(row.settings for row in ROWS.values()):  # every section, in use or not
             getattr(self, name).validate(prefix=f"{prefix}{name}.")
         return self
 
