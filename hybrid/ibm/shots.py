@@ -38,13 +38,13 @@ A step costs 1 + 2R circuits per input instead of 1 + 2S.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from circuits.gates import TWO_TERM
 from circuits.program import GateProgram, qiskit_observables
 from hybrid.ibm.isa import angle_circuit
 from hybrid.ibm.jobs import ExecutionOptions, JobResult
@@ -185,8 +185,8 @@ class ShotExecutor:
             pubs.append(Pub("spsa", isa, observables, values[..., None, :], settings))
         elif len(shifted):
             delta = np.zeros((2, len(shifted), angles.shape[1]))  # (2, S, n_angles)
-            delta[0, np.arange(len(shifted)), shifted] = math.pi / 2
-            delta[1, np.arange(len(shifted)), shifted] = -math.pi / 2
+            for k, (_, shift_k) in enumerate(TWO_TERM):  # every parametric gate's rule (circuits.gates)
+                delta[k, np.arange(len(shifted)), shifted] = shift_k
             values = isa.values(angles[:, None, None, :] + delta)  # (N, 2, S, P)
             pubs.append(Pub("shifts", isa, observables, values[..., None, :], settings))
         extras: list[tuple[PubProvider, int]] = []
@@ -211,7 +211,8 @@ class ShotExecutor:
             jacobian = spsa_jacobian(plus, minus, delta, gradient.c)
         elif len(shifted):
             plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, S, n_outputs)
-            jacobian[:, :, shifted] = ((plus - minus) / 2).transpose(0, 2, 1)
+            (c_plus, _), (c_minus, _) = TWO_TERM
+            jacobian[:, :, shifted] = (c_plus * plus + c_minus * minus).transpose(0, 2, 1)
         return values, jacobian
 
 
