@@ -25,11 +25,13 @@ from hybrid.optim import HybridOptimizer as HybridOptimizer
 from hybrid.optim import OptimConfig as OptimConfig
 from hybrid.optim import build_optimizer as build_optimizer
 from hybrid.optim import metric_tensor as metric_tensor
+from hybrid.optim.circuit_fisher import classical_fisher as classical_fisher
+from hybrid.optim.circuit_fisher import quantum_fisher as quantum_fisher
 from hybrid.quantum import CircuitConfig as CircuitConfig
 from hybrid.quantum import QuantumLayer as QuantumLayer
 
 __all__ = [
     "BACKENDS", "KFAC", "QNG", "CircuitConfig", "Config", "ExecutionConfig", "HybridGPT", "HybridOptimizer",
     "InputError", "ModelConfig", "OptimConfig", "QuantumLayer", "QuantumProjection", "build_optimizer",
-    "get_backend", "load_config", "metric_tensor",
+    "classical_fisher", "get_backend", "load_config", "metric_tensor", "quantum_fisher",
 ]  # fmt: skip
