@@ -37,12 +37,12 @@ class TrainConfig:
     seed: int = 0  # seeds initialization, batch order and sampling
     device: str = "cpu"  # cpu or cuda
     sample_chars: int = 300  # characters generated into sample.txt at the end
-    diagnostics_every: int = 0  # steps between curvature spectra (hybrid.diagnostics.track, diagnostics.csv); 0: off
+    curvature_every: int = 0  # steps between curvature spectra (hybrid.diagnostics.track, diagnostics.csv); 0: off
 
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_batches"):
             check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
-        for key in ("seed", "sample_chars", "diagnostics_every"):
+        for key in ("seed", "sample_chars", "curvature_every"):
             check_number(f"{prefix}{key}", getattr(self, key), low=0, integer=True)
         if self.device not in ("cpu", "cuda") and not (
             self.device.startswith("cuda:") and self.device[5:].isdigit()
@@ -76,6 +76,7 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "optim.curvature_ema": ("optim.kfac.curvature_ema",), "optim.fisher": ("optim.kfac.fisher",),
     "optim.kl_clip": ("optim.kfac.kl_clip",), "optim.momentum": ("optim.kfac.momentum", "optim.qng.momentum"),
     **{f"optim.qng_{k}": (f"optim.qng.{k}",) for k in ("lr", "damping", "approx", "curvature_every", "metric_samples")},
+    "train.diagnostics_every": ("train.curvature_every",),
 }  # fmt: skip
 
 

@@ -6,7 +6,7 @@
       checkpoint.pt     model, optimizer, schedule, RNG states (written atomically)
       loss_curve.png    train and validation loss against step
       sample.txt        text generated at the end
-      diagnostics.csv   with train.diagnostics_every: curvature statistics per tracked step (spectra/ beside it)
+      diagnostics.csv   with train.curvature_every: curvature statistics per tracked step (spectra/ beside it)
 
 The loop's order is the data flow: batch -> model -> loss -> gradients -> clip -> update.
 ``train(cfg, out, resume=True)`` continues a killed run from its last checkpoint and ends with
@@ -177,7 +177,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
         while True:
             if on_step is not None:
                 on_step(step)
-            every = cfg.train.diagnostics_every  # before the checkpoint: a checkpoint at a step implies its row
+            every = cfg.train.curvature_every  # before the checkpoint: a checkpoint at a step implies its row
             if every and (step % every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
                 if world.main:  # rank 0 alone, on a fixed batch, its collectives off
                     damping = {"classical": cfg.optim.kfac.damping, "quantum": cfg.optim.qng.damping}

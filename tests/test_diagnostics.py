@@ -258,7 +258,7 @@ def test_loss_slices_refuses_an_optimizer_without_preconditioners_and_bad_alphas
 
 def diag_config(**overrides):
     return tiny_config(**{"model.n_embd": 16, "train.batch_size": 4, "train.eval_batches": 1,
-                          "train.sample_chars": 0, "train.diagnostics_every": 2, **overrides})  # fmt: skip
+                          "train.sample_chars": 0, "train.curvature_every": 2, **overrides})  # fmt: skip
 
 
 def test_tracking_writes_rows_at_the_right_steps_and_spectra_to_plot(tmp_path):
@@ -278,16 +278,16 @@ def test_tracking_writes_rows_at_the_right_steps_and_spectra_to_plot(tmp_path):
 def test_tracking_off_by_default_and_a_new_run_starts_a_new_table(tmp_path):
     train(diag_config(**{"train.steps": 2}), tmp_path, progress=False)
     assert len(read_table(tmp_path / TABLE)) == 2
-    train(diag_config(**{"train.steps": 2, "train.diagnostics_every": 0}), tmp_path, progress=False)
+    train(diag_config(**{"train.steps": 2, "train.curvature_every": 0}), tmp_path, progress=False)
     assert not (tmp_path / TABLE).exists() and not list((tmp_path / SPECTRA).glob("*.pt"))
-    with pytest.raises(InputError, match="diagnostics_every"):
-        train(diag_config(**{"train.diagnostics_every": -1}), tmp_path / "bad", progress=False)
+    with pytest.raises(InputError, match="curvature_every"):
+        train(diag_config(**{"train.curvature_every": -1}), tmp_path / "bad", progress=False)
 
 
 def test_resumed_run_keeps_appending_without_duplicates_and_the_same_trajectory(tmp_path):
     """Killed at step 5 after its checkpoint at 4 (rows 0..5 written): the resumed run drops
     row 5, replays it, and ends where an uninterrupted run ends."""
-    cfg = diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.diagnostics_every": 1})
+    cfg = diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.curvature_every": 1})
 
     class Killed(Exception):
         pass
@@ -306,7 +306,7 @@ def test_resumed_run_keeps_appending_without_duplicates_and_the_same_trajectory(
     assert list(load_spectra(tmp_path / "run")) == [0, 1, 2, 3, 4, 5, 6]
     for a, b in zip(resumed, whole, strict=True):
         assert a == pytest.approx(b, rel=1e-6, nan_ok=True)
-    untracked = train(diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.diagnostics_every": 0}),
+    untracked = train(diag_config(**{"train.steps": 6, "train.eval_every": 4, "train.curvature_every": 0}),
                       tmp_path / "untracked", progress=False)  # fmt: skip
     ours = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     theirs = torch.load(untracked.out / "checkpoint.pt", weights_only=True)["model"]
@@ -335,5 +335,11 @@ def test_plots_return_figures_and_write_files(tmp_path):
         assert (tmp_path / file).stat().st_size > 1000
     assert (tmp_path / "steps.svg").read_text().startswith("<?xml")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
-    with pytest.raises(InputError, match="diagnostics_every"):
+    with pytest.raises(InputError, match="curvature_every"):
         plot_tracking(tmp_path / "nothing")
+
+
+def test_diagnostics_every_is_read_as_curvature_every():
+    from hybrid.config import Config, apply_overrides
+
+    assert apply_overrides(Config(), {"train.diagnostics_every": 7}).train.curvature_every == 7

@@ -83,12 +83,12 @@ def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure
     block against step, from ``run_dir/diagnostics.csv``: quantum blocks bold, classical thin.
 
     Raises:
-        InputError: the run folder has no diagnostics (train with ``train.diagnostics_every``).
+        InputError: the run folder has no diagnostics (train with ``train.curvature_every``).
     """
     rows = read_table(Path(run_dir) / TABLE)
     if not rows:
         raise InputError(
-            f"{run_dir} has no {TABLE}; train with --set train.diagnostics_every=N or call hybrid.diagnostics.track"
+            f"{run_dir} has no {TABLE}; train with --set train.curvature_every=N or call hybrid.diagnostics.track"
         )
     steps = np.array([r["step"] for r in rows])
     names = list(dict.fromkeys(k.rpartition("/")[0] for k in rows[0] if k.endswith("/condition")))

@@ -236,7 +236,7 @@ def track(
     and save the spectra to ``run_dir/spectra/step_<step>.pt`` (atomically, plain tensors).
 
     ``spectra = curvature_spectra(model, batch, optimizer, ...)``; a fixed ``batch`` makes the
-    steps comparable. ``hybrid.train`` calls this every ``train.diagnostics_every`` steps.
+    steps comparable. ``hybrid.train`` calls this every ``train.curvature_every`` steps.
 
     Returns:
         the row written.
