@@ -42,6 +42,8 @@ from hybrid.errors import InputError
 from hybrid.models import lm_logits, next_token_loss
 from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.optim.metric import metric_tensor
+from hybrid.optim.optimizer import HybridOptimizer
+from hybrid.optim.qng import QNGPreconditioner
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import append_row, read_table, write_table
 
@@ -179,19 +181,17 @@ def _loss(model: nn.Module, batch, loss_fn: LossFn | None, logits_out: list | No
 
 
 def _preconditioners(obj) -> list:
-    """The preconditioners of a ``HybridOptimizer``, ``KFAC`` or ``QNG`` optimizer, or of a
+    """The preconditioners of a ``HybridOptimizer`` (``KFAC`` and ``QNG`` are ones), or a
     preconditioner, list or dict of them."""
     if obj is None:
         return []
+    if isinstance(obj, HybridOptimizer):
+        return list(obj.preconditioners.values())
     if isinstance(obj, dict):
         return list(obj.values())
     if isinstance(obj, (list, tuple)):
         return list(obj)
-    if hasattr(obj, "preconditioners"):
-        return list(obj.preconditioners.values())
-    if hasattr(obj, "preconditioner"):
-        return [obj.preconditioner]
-    if hasattr(obj, "precondition"):
+    if isinstance(obj, (KFACPreconditioner, QNGPreconditioner)):
         return [obj]
     raise InputError(
         f"{type(obj).__name__} has no preconditioners; pass a HybridOptimizer, KFAC or QNG optimizer, "
