@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from hybrid.config import Config, apply_overrides, load_config
-from hybrid.errors import InputError
+from hybrid.config import MAX_SEED, Config, apply_overrides, load_config
+from hybrid.errors import InputError, check_number
 
 # flag -> config key; every flag is also reachable as --set section.key=value
 TRAIN_FLAGS = {
@@ -275,12 +275,17 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from hybrid.submit import jobs
+    from hybrid.jobs import jobs
 
     return jobs(args)
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    check_number("--chars", args.chars, low=0, integer=True)
+    check_number("--temperature", args.temperature, low=0, low_open=True)
+    check_number("--seed", args.seed, low=0, high=MAX_SEED, integer=True)
+    if not (args.run / "checkpoint.pt").is_file():
+        raise InputError(f"{args.run} holds no checkpoint.pt; point --run at a run folder of hybrid train")
     from hybrid.train import load_run, sample_text
 
     model, tokenizer, _ = load_run(args.run)

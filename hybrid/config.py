@@ -25,6 +25,9 @@ from hybrid.models import ModelConfig, check_controls
 from hybrid.optim.registry import OptimConfig
 from hybrid.quantum import CircuitConfig
 
+# torch.Generator.manual_seed takes an unsigned 64-bit seed and training also seeds seed + 1
+MAX_SEED = 2**64 - 2
+
 
 @dataclass
 class TrainConfig:
@@ -42,8 +45,9 @@ class TrainConfig:
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_batches"):
             check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
-        for key in ("seed", "sample_chars", "curvature_every"):
+        for key in ("sample_chars", "curvature_every"):
             check_number(f"{prefix}{key}", getattr(self, key), low=0, integer=True)
+        check_number(f"{prefix}seed", self.seed, low=0, high=MAX_SEED, integer=True)
         if self.device not in ("cpu", "cuda") and not (
             self.device.startswith("cuda:") and self.device[5:].isdigit()
         ):

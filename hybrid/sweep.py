@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from hybrid.config import Config, apply_overrides, config_from_dict, load_config, save_config, validate
 from hybrid.corpus import ENTROPY_RATE
-from hybrid.errors import InputError
+from hybrid.errors import InputError, check_number
 from hybrid.quantum import QuantumLayer
 from hybrid.scaling import PowerLaw, fit_power_law, plot_scaling
 from hybrid.tables import read_table, write_table
@@ -82,8 +82,10 @@ def sweep(
         The rows of ``results.csv``.
 
     Raises:
-        InputError: a grid point's config is invalid (checked for all before any run starts).
+        InputError: ``workers`` < 0, or a grid point's config is invalid (checked for all before any
+            run starts, before anything is written).
     """
+    check_number("--workers", workers, low=0, integer=True)
     if base.data.path:
         raise InputError("sweeps run on the built-in corpus, whose known floor the fits use; drop data.path")
     tuned = tuned or {}
