@@ -94,10 +94,11 @@ def classical_fisher(layer, inputs) -> torch.Tensor:
             "compute it on default.qubit (the ideal state)"
         )
     inputs = _check_inputs(layer, inputs)
-    weights = layer.weights.detach().to(torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda w: _probs(layer, inputs, w), weights, vectorize=False)
-    jac = jac.reshape(inputs.shape[0], -1, weights.numel())  # (N, K, P)
-    p = _probs(layer, inputs, weights).detach()  # (N, K)
+    weights = layer.weights.detach().to(torch.float64).requires_grad_()
+    p = _probs(layer, inputs, weights)  # (N, K): one execution, its graph reused for every row of the Jacobian
+    rows = [torch.autograd.grad(pk, weights, retain_graph=True)[0].reshape(-1) for pk in p.reshape(-1)]
+    jac = torch.stack(rows).reshape(*p.shape, weights.numel())  # (N, K, P)
+    p = p.detach()
     inv = torch.where(p > 1e-14, 1.0 / p.clamp_min(1e-300), torch.zeros_like(p))
     return torch.einsum("nki,nk,nkj->ij", jac, inv, jac) / inputs.shape[0]  # (P, P)
 
@@ -115,8 +116,8 @@ def pullback_metric(model: nn.Module, layer, x: torch.Tensor, logits_fn=None) ->
     .. math:: G = \\frac{1}{N} \\sum_t J_t^\\top (\\mathrm{diag}(p_t) - p_t p_t^\\top) J_t,
               \\quad J_t = \\partial\\, \\mathrm{logits}_t / \\partial w
 
-    One reverse-mode Jacobian of all logits in the weights (``torch.func.jacrev``), no loop over
-    tokens; N = number of tokens (B*T). Undamped and PSD: QNG adds its damping to it.
+    One reverse-mode Jacobian of all logits in the weights (``torch.func.jacrev``, whose forward pass also
+    gives the probabilities), no loop over tokens; N = number of tokens (B*T). Undamped and PSD: QNG adds its damping to it.
 
     Args:
         model: the model that holds ``layer`` (e.g. ``HybridGPT``); not changed.
@@ -140,15 +141,16 @@ def pullback_metric(model: nn.Module, layer, x: torch.Tensor, logits_fn=None) ->
     training, last = model.training, layer.last_inputs
     model.eval()  # no dropout: the metric of the deterministic map
     try:
-        with torch.no_grad():
-            out = logits_fn(model, x).double()  # (..., V)
-            probs = torch.softmax(out, dim=-1).reshape(-1, out.shape[-1])  # (N, V)
 
-        def logits(w):
-            return logits_fn(_Swapped(model, {key: w}), x).double().reshape(probs.shape)  # (N, V)
+        def logits(w):  # the logits as the Jacobian's output and, detached, as its aux: one forward pass
+            out = logits_fn(_Swapped(model, {key: w}), x).double()  # (..., V)
+            out = out.reshape(-1, out.shape[-1])  # (N, V)
+            return out, out.detach()
 
         w = layer.weights.detach().clone()
-        jac = jacrev(logits)(w).reshape(*probs.shape, -1).double()  # (N, V, P)
+        jac, out = jacrev(logits, has_aux=True)(w)
+        probs = torch.softmax(out, dim=-1)  # (N, V)
+        jac = jac.reshape(*probs.shape, -1).double()  # (N, V, P)
     finally:
         model.train(training)
         layer.last_inputs = last
