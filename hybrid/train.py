@@ -37,7 +37,8 @@ from hybrid.optim.reduce import local_only
 from hybrid.parallel import World, check_world, mean_over_ranks, on_main, process_group, shard, wrap
 from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
-from hybrid.tables import append_row, read_table, write_table
+from hybrid.sinks import CsvSink, MetricsLog, ProgressSink
+from hybrid.tables import read_table, write_table
 
 CONFIG, METRICS, CHECKPOINT, CURVE, SAMPLE = (
     "config.toml",
@@ -171,6 +172,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
 
         interval_start, interval_tokens = time.perf_counter(), 0
         bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress)
+        log = MetricsLog([CsvSink(out / METRICS), ProgressSink(bar)] if world.main else [])
         val_loss = train_loss = math.nan
         if resume and logged:  # a run resumed at its last step reports its last evaluation
             train_loss, val_loss = logged[-1]["train_loss"], logged[-1]["val_loss"]
@@ -200,10 +202,9 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
                         "seconds": seconds(),
                         **optimizer.stats(),  # what the preconditioners report, e.g. the metric's condition number
                     }  # fmt: skip
-                    append_row(out / METRICS, row)
+                    log.write(row)
                     _save(out / CHECKPOINT, step, seconds(), cfg, dataset, model, optimizer, scheduler, batch_rng,
                           world.size)  # fmt: skip
-                    bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
                 losses, interval_start, interval_tokens = [], time.perf_counter(), 0
             if step >= cfg.train.steps:
                 break
@@ -219,6 +220,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
             tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         bar.close()
+        log.close()
 
         if world.main:
             plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
