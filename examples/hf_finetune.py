@@ -3,9 +3,11 @@
     python examples/hf_finetune.py                               # a small GPT-2 from a config, built-in corpus
     python examples/hf_finetune.py --arch llama --steps 600      # a small Llama instead
     python examples/hf_finetune.py --model path/to/local/model --data notes.txt --out runs/hf
+    python examples/hf_finetune.py --tokenizer runs/s --data notes.txt   # the BPE of a hybrid train run
 
 Without ``--model`` the model is built from a small config and reads characters (the vocabulary
-is the text's characters); with ``--model`` it is loaded from a local folder with its tokenizer.
+is the text's characters, or with ``--tokenizer`` the BPE a ``hybrid train --set data.tokenizer=bpe``
+run trained, ``hf.load_tokenizer``); with ``--model`` it is loaded from a local folder with its tokenizer.
 Nothing is downloaded. The default 300 steps take about half a minute on 2 CPU cores and reach
 about 2.6 nats/char on the built-in corpus (its floor is 0.445): enough to see the mechanics,
 not a trained model (the quantum head needs thousands of steps; README, K-FAC). The optimizer
@@ -28,7 +30,7 @@ import circuits
 import hybrid
 from hybrid import hf
 from hybrid.corpus import generate
-from hybrid.data import CharTokenizer
+from hybrid.tokenizer import CharTokenizer
 from hybrid.optim.registry import lr_factor
 
 
@@ -36,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a local folder with a causal LM and its tokenizer (default: a config)")
     parser.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2", help="the config's architecture")
+    parser.add_argument("--tokenizer", help="a hybrid run folder (or tokenizer.json) whose BPE to use")
     parser.add_argument("--data", help="a UTF-8 text file (default: the built-in corpus, written to a temp file)")
     parser.add_argument("--out", default="runs/hf_finetune", help="where the model and the head adapter go")
     parser.add_argument("--steps", type=int, default=300)
@@ -61,6 +64,10 @@ def load(args, text: str):
     if args.model:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
         model = transformers.AutoModelForCausalLM.from_pretrained(args.model)
+        return model, torch.tensor(tokenizer(text)["input_ids"]), tokenizer.decode
+    if args.tokenizer:
+        tokenizer = hf.load_tokenizer(args.tokenizer)
+        model = transformers.AutoModelForCausalLM.from_config(small_config(args.arch, len(tokenizer), args.block_size))
         return model, torch.tensor(tokenizer(text)["input_ids"]), tokenizer.decode
     tokenizer = CharTokenizer.from_text(text)
     model = transformers.AutoModelForCausalLM.from_config(small_config(args.arch, len(tokenizer), args.block_size))

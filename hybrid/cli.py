@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder to create (default: runs/<time>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     train.add_argument("--steps", type=int, help="optimizer steps")
-    train.add_argument("--data", help="UTF-8 text file (default: the built-in corpus)")
+    train.add_argument("--data", help="markov (the built-in corpus, default), shakespeare, pydoc, or a UTF-8 text file")
     train.add_argument("--quantum", help="where the circuit goes: head, ffn, attn or none")
     train.add_argument("--backend", help="default.qubit, lightning.qubit, ...")
     train.add_argument("--circuit", help="template name, see circuits.TEMPLATES")
@@ -191,7 +191,9 @@ def run_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # data parallel: rank 0 reports
     floor = f" (entropy floor {summary.floor:.3f}, gap {summary.val_loss - summary.floor:.3f})" if summary.floor else ""
-    print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} nats/char{floor}")
+    unit = "nats/char" if cfg.data.tokenizer == "char" else "nats/token"
+    print(f"step {summary.step}: train loss {summary.train_loss:.4f}, val loss {summary.val_loss:.4f} {unit}{floor}; "
+          f"test {summary.test_bpc:.4f} bits/char")  # fmt: skip
     print(f"run folder: {summary.out}")
     return 0
 

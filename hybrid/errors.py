@@ -47,7 +47,8 @@ def _interval(low: float, high: float, low_open: bool, high_open: bool, integer:
         return f"be a finite number {'<' if high_open else '<='} {high:g}"
     if low_open and high_open:
         return f"lie strictly between {low:g} and {high:g}"
-    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    low_text, high_text = (f"{int(v)}" if integer and float(v).is_integer() else f"{v:g}" for v in (low, high))
+    return f"lie in {'(' if low_open else '['}{low_text}, {high_text}{')' if high_open else ']'}"
 
 
 def check_choice(key: str, value, choices: Iterable[str]) -> None:

@@ -242,3 +242,23 @@ def load_quantum_head(model: nn.Module, directory: str | Path) -> nn.Module:
     state = load_file(directory / ADAPTER_WEIGHTS, device=str(head.from_circuit.weight.device))
     head.load_state_dict({k: v.to(head.from_circuit.weight.dtype) for k, v in state.items()})
     return model
+
+
+# -- the tokenizer of a hybrid run ------------------------------------------------------------
+
+
+def load_tokenizer(path: str | Path):
+    """The BPE of a ``hybrid train`` run folder (or a ``hybrid tune`` study folder, or the
+    ``tokenizer.json`` itself) as a ``transformers.PreTrainedTokenizerFast``: the same tokens,
+    never retrained. Byte-level, so every text encodes and ``decode`` gives it back.
+
+    Raises:
+        InputError: no ``tokenizer.json`` there (a character-level run has none).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(f"{path} has no tokenizer.json; train with --set data.tokenizer=bpe, or pass the file itself")
+    return PreTrainedTokenizerFast(tokenizer_file=str(file), clean_up_tokenization_spaces=False)

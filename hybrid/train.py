@@ -6,6 +6,9 @@
       checkpoint.pt     model, optimizer, schedule, RNG states (written atomically)
       loss_curve.png    train and validation loss against step
       sample.txt        text generated at the end
+      tokenizer.json    with data.tokenizer = "bpe": the tokenizer, trained once, used by --resume and sample
+      test.json         the held-out test split, evaluated once at the end (test_bpc), and the validation
+                        text's unigram and bigram character entropies
       diagnostics.csv   with train.curvature_every: curvature statistics per tracked step (spectra/ beside it)
 
 The loop's order is the data flow: batch -> model -> loss -> gradients -> clip -> update.
@@ -15,6 +18,7 @@ the parameters an uninterrupted run would have.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -25,9 +29,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hybrid.checkpoint import folder_lock, load_checkpoint, save_checkpoint
+from hybrid.checkpoint import atomic_write, folder_lock, load_checkpoint, save_checkpoint
 from hybrid.config import Config, config_from_dict, load_config, save_config, validate
-from hybrid.data import CharTokenizer, Dataset, load_dataset
+from hybrid.data import Dataset, load_dataset
 from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
 from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
@@ -39,13 +43,16 @@ from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
 from hybrid.sinks import CsvSink, MetricsLog, ProgressSink
 from hybrid.tables import read_table, write_table
+from hybrid.tokenizer import BpeTokenizer, CharTokenizer
 
-CONFIG, METRICS, CHECKPOINT, CURVE, SAMPLE = (
+CONFIG, METRICS, CHECKPOINT, CURVE, SAMPLE, TOKENIZER, TEST = (
     "config.toml",
     "metrics.csv",
     "checkpoint.pt",
     "loss_curve.png",
     "sample.txt",
+    "tokenizer.json",
+    "test.json",
 )
 
 
@@ -57,6 +64,7 @@ class RunSummary:
     floor: float | None
     seconds: float
     out: Path
+    test_bpc: float = math.nan  # the test split's loss in bits per character (NaN on ranks other than 0)
 
 
 @torch.no_grad()
@@ -67,6 +75,20 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     loss = sum(lm_loss(model, x, y).item() for x, y in batches) / len(batches)
     model.train(was_training)
     return loss
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, split: str, block_size: int, batch_size: int,
+                   device="cpu") -> float:  # fmt: skip
+    """Mean loss in nats/token over the whole of ``split``, in consecutive windows of ``block_size``."""
+    was_training = model.training
+    model.eval()
+    total = count = 0
+    for x, y in dataset.windows(split, block_size, batch_size):
+        total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> float:
@@ -100,13 +122,17 @@ def divergence(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> str:
     return f"a gradient of parameter group {', '.join(map(repr, bad))} is NaN or Inf; {fix} from the last checkpoint"
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, on_step=None) -> RunSummary:
+def train(
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, on_step=None,
+    tokenizer: str | Path | None = None,
+) -> RunSummary:  # fmt: skip
     """Train ``cfg``'s model on its data and write the run folder ``out``.
 
     With ``resume``, training continues from ``out``'s checkpoint; ``cfg`` must be the run's
     saved config (``resume_config(out)``), where only ``train.steps`` may differ, to extend it.
     ``on_step(step)`` is called before each step's evaluation and update (``hybrid submit``
-    labels its hardware jobs with it).
+    labels its hardware jobs with it). ``tokenizer``: a ``tokenizer.json`` to use instead of
+    training one (``hybrid tune`` trains one per study); a resumed run uses its own.
 
     Under torchrun (or in an initialized process group) this is one rank of data-parallel
     training (``hybrid.parallel``): ``train.batch_size`` is the global batch, each rank trains
@@ -117,10 +143,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("train.device is cuda but no CUDA GPU is visible; use --device cpu")
     with process_group(cfg.train.device) as world:
-        return _train(cfg, out, resume, progress and world.main, on_step, world)
+        return _train(cfg, out, resume, progress and world.main, on_step, world, tokenizer)
 
 
-def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world: World) -> RunSummary:
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world: World, tokenizer) -> RunSummary:
     if resume:
         # A run killed before its first checkpoint has only its config: it starts again from step 0.
         resume = on_main(world, lambda: _check_same_run(cfg, resume_config(out), out) or (out / CHECKPOINT).exists())
@@ -131,7 +157,17 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
 
     # config -> data -> model -> optimizer
     torch.manual_seed(cfg.train.seed)
-    dataset = load_dataset(cfg.data, cfg.model.block_size)
+    if resume:
+        _check_tokenizer_file(cfg, out)
+    dataset = load_dataset(cfg.data, cfg.model.block_size, out / TOKENIZER if resume else tokenizer)
+    if isinstance(dataset.tokenizer, BpeTokenizer):
+        on_main(world, lambda: dataset.tokenizer.save(out / TOKENIZER))
+    elif not resume:
+        on_main(world, lambda: (out / TOKENIZER).unlink(missing_ok=True))
+    if progress and dataset.floor is None:
+        unigram, bigram = dataset.val_entropy
+        tqdm.write(f"{cfg.data.source}: the validation text's character entropy is {unigram:.3f} bits/char "
+                   f"(unigram), {bigram:.3f} (bigram, given the previous character)")  # fmt: skip
     model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution).to(device)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size  # the global batch
     for layer in model.modules():
@@ -196,6 +232,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
                     interval = time.perf_counter() - interval_start
                     row = {
                         "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                        "val_bpc": dataset.bits_per_char("val", val_loss),
                         "floor_gap": val_loss - dataset.floor if dataset.floor is not None else math.nan,
                         "batch_loss": batch_loss, "lr": scheduler.get_last_lr()[0],
                         "tokens_per_s": interval_tokens / interval if interval_tokens else math.nan,
@@ -222,12 +259,40 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
         bar.close()
         log.close()
 
+        test_bpc = math.nan
         if world.main:
+            test_bpc = _test(model, dataset, cfg, out, device)
             plot_loss_curve(out / METRICS, out / CURVE, dataset.floor)
             if cfg.train.sample_chars:
                 text = sample_text(model, dataset.tokenizer, cfg.train.sample_chars, seed=cfg.train.seed)
                 (out / SAMPLE).write_text(text, encoding="utf-8")
-        return RunSummary(step, train_loss, val_loss, dataset.floor, seconds(), out)
+        return RunSummary(step, train_loss, val_loss, dataset.floor, seconds(), out, test_bpc)
+
+
+def _test(model, dataset: Dataset, cfg: Config, out: Path, device) -> float:
+    """Evaluate the test split once, write ``test.json``, return its bits per character."""
+    loss = evaluate_split(model, dataset, "test", cfg.model.block_size, cfg.train.batch_size, device)
+    unigram, bigram = dataset.val_entropy
+    summary = {
+        "data": cfg.data.source, "tokenizer": cfg.data.tokenizer, "test_loss": loss,
+        "test_bpc": dataset.bits_per_char("test", loss), "test_tokens": len(dataset.test),
+        "tokens_per_char": dataset.tokens_per_char["test"],
+        "val_unigram_bpc": unigram, "val_bigram_bpc": bigram,
+        "floor_bpc": dataset.floor / math.log(2) if dataset.floor is not None else None,
+    }  # fmt: skip
+    atomic_write(out / TEST, lambda file: file.write(json.dumps(summary, indent=2).encode()))
+    return summary["test_bpc"]
+
+
+def _check_tokenizer_file(cfg: Config, out: Path) -> None:
+    """On resume, the run folder's tokenizer file and ``data.tokenizer`` must agree."""
+    present = (out / TOKENIZER).exists()
+    if cfg.data.tokenizer == "bpe" and not present and (out / CHECKPOINT).exists():
+        raise InputError(f"{out} has no {TOKENIZER} but its config says data.tokenizer=bpe; "
+                         "restore the file or start a new run with --out")  # fmt: skip
+    if cfg.data.tokenizer == "char" and present:
+        raise InputError(f"{out} holds a {TOKENIZER} but its config says data.tokenizer=char; "
+                         "resume with --set data.tokenizer=bpe or start a new run with --out")  # fmt: skip
 
 
 def make_run_folder(out: Path) -> None:
@@ -285,6 +350,9 @@ def _save(path, step, seconds, cfg, dataset, model, optimizer, scheduler, batch_
 
 def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) -> tuple[int, float]:
     if state["vocab"] != dataset.tokenizer.vocab:
+        if isinstance(dataset.tokenizer, BpeTokenizer):
+            raise InputError(f"the run folder's {TOKENIZER} is not the tokenizer the checkpoint was trained with; "
+                             "restore it or start a new run with --out")  # fmt: skip
         raise InputError(
             "the checkpoint was trained on other data (its vocabulary differs); resume with the same --data"
         )
@@ -302,21 +370,39 @@ def _restore(state, model, optimizer, scheduler, batch_rng, dataset: Dataset) ->
     return int(state["step"]), float(state["seconds"])
 
 
-def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharTokenizer, Config]:
+def load_run(run: str | Path, device: str = "cpu") -> tuple[HybridGPT, CharTokenizer | BpeTokenizer, Config]:
     """The trained model, tokenizer and config of a run folder's checkpoint, in eval mode."""
     state = load_checkpoint(Path(run) / CHECKPOINT)
     cfg = config_from_dict(state["config"], source=str(Path(run) / CHECKPOINT))
-    tokenizer = CharTokenizer(state["vocab"])
+    tokenizer = run_tokenizer(run, state["vocab"])
     model = HybridGPT(cfg.model, len(tokenizer), cfg.circuit, cfg.execution)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), tokenizer, cfg
 
 
+def run_tokenizer(run: str | Path, vocab: str) -> CharTokenizer | BpeTokenizer:
+    """The tokenizer a checkpoint's ``vocab`` names: its characters, or the run folder's BPE file."""
+    if not vocab.startswith("bpe:"):
+        return CharTokenizer(vocab)
+    path = Path(run) / TOKENIZER
+    if not path.is_file():
+        raise InputError(f"{run} has no {TOKENIZER}, which its checkpoint was trained with; restore the file")
+    tokenizer = BpeTokenizer.load(path)
+    if tokenizer.vocab != vocab:
+        raise InputError(f"{path} is not the tokenizer the checkpoint was trained with; restore the run's own file")
+    return tokenizer
+
+
 def sample_text(
-    model, tokenizer: CharTokenizer, n_chars: int, prompt: str = "", temperature: float = 1.0, seed: int = 0
-) -> str:
-    """``prompt`` followed by ``n_chars`` sampled characters (a newline starts an empty prompt)."""
-    start = prompt or ("\n" if "\n" in tokenizer.ids else tokenizer.vocab[0])
+    model, tokenizer: CharTokenizer | BpeTokenizer, n_chars: int, prompt: str = "", temperature: float = 1.0,
+    seed: int = 0,
+) -> str:  # fmt: skip
+    """``prompt`` followed by ``n_chars`` sampled characters (a newline starts an empty prompt).
+
+    A BPE model samples ``n_chars`` tokens (each at least one character) and the text is cut to length.
+    """
+    char_level = isinstance(tokenizer, CharTokenizer)
+    start = prompt or ("\n" if not char_level or "\n" in tokenizer.ids else tokenizer.vocab[0])
     device = next(model.parameters()).device
     idx = tokenizer.encode(start)[None].to(device)  # (1, len(start))
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -325,4 +411,5 @@ def sample_text(
     out = model.generate(idx, n_chars, temperature=temperature, generator=generator)
     model.train(was_training)
     text = tokenizer.decode(out[0].tolist())
-    return text if prompt else text[len(start) :]
+    text = text if prompt else text[len(start) :]
+    return text if char_level else text[: len(prompt) + n_chars]

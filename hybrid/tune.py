@@ -2,6 +2,7 @@
 
     out/
       study.sqlite3            the default storage (``--storage`` may name any Optuna database URL)
+      tokenizer.json           with data.tokenizer = "bpe": trained once, given to every run of the study
       trials/<optimizer>/<n>/  the run folder of trial n (the layout of ``hybrid train``)
       best-<optimizer>.toml    the best trial's full config (``hybrid train --config`` runs it)
       final/<optimizer>/seed<k>/  the best config trained with train.seed = k
@@ -33,10 +34,11 @@ from tqdm.auto import tqdm
 
 from hybrid.checkpoint import atomic_write
 from hybrid.config import Config, apply_overrides, validate
+from hybrid.data import prepare_tokenizer
 from hybrid.errors import InputError
 from hybrid.optim.registry import PRESETS, search_space
 from hybrid.tables import read_table
-from hybrid.train import CHECKPOINT, METRICS, train
+from hybrid.train import CHECKPOINT, METRICS, TOKENIZER, train
 
 STORAGE, TABLE, BEST_SO_FAR = "study.sqlite3", "best.md", "best-so-far.png"
 HEARTBEAT_S, GRACE_S, POLL_S = 30.0, 600.0, 2.0  # a RUNNING trial silent for GRACE_S belongs to a dead worker
@@ -98,11 +100,12 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=base.train.eval_every)
     studies = {name: _load_study(db, name, cfg, pruner) for name, cfg in configs.items()}
+    tokenizer = prepare_tokenizer(base.data, out / TOKENIZER)  # a BPE is trained once: every run of the study uses it
     finished = sum(_count(s, (TrialState.COMPLETE, TrialState.PRUNED)) for s in studies.values())
     bar = tqdm(total=trials * len(studies), initial=finished, desc="tune", unit="trial", disable=not progress)
     try:
         while True:  # round-robin: one trial per optimizer per round, while there is budget
-            ran = [_run_trial(s, configs[n], out / "trials" / n, trials, bar) for n, s in studies.items()]
+            ran = [_run_trial(s, configs[n], out / "trials" / n, trials, bar, tokenizer) for n, s in studies.items()]
             if any(ran):
                 continue
             if all(_count(s, (TrialState.RUNNING,)) == 0 and _count(s, BUDGET_STATES) >= trials
@@ -111,7 +114,7 @@ def tune(
             time.sleep(POLL_S)  # the budget is taken: wait for other workers' trials (or for them to die)
     finally:
         bar.close()
-    rows = [_final(s, configs[n], seeds, out, progress) for n, s in studies.items()]
+    rows = [_final(s, configs[n], seeds, out, progress, tokenizer) for n, s in studies.items()]
     write_report(rows, studies, out)
     return rows
 
@@ -184,7 +187,7 @@ def _alive(pid: int) -> bool:
     return pid > 0
 
 
-def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar) -> bool:
+def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar, tokenizer: Path | None) -> bool:
     """Run one trial of ``study`` if its budget has room. Returns whether it ran one."""
     recover(study)
     if _count(study, BUDGET_STATES) >= budget:
@@ -225,7 +228,7 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
     try:
-        summary = train(run_cfg, run, progress=False, on_step=on_step)
+        summary = train(run_cfg, run, progress=False, on_step=on_step, tokenizer=tokenizer)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
     except InputError as error:
@@ -245,7 +248,7 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
     return True
 
 
-def _final(study: optuna.Study, cfg: Config, seeds: int, out: Path, progress: bool) -> dict:
+def _final(study: optuna.Study, cfg: Config, seeds: int, out: Path, progress: bool, tokenizer: Path | None) -> dict:
     """Write ``best-<name>.toml`` and train it with seeds 0..seeds-1 (finished seeds are kept)."""
     name = study.study_name
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)]
@@ -260,7 +263,7 @@ def _final(study: optuna.Study, cfg: Config, seeds: int, out: Path, progress: bo
         rows = read_table(run / METRICS)
         if not (rows and rows[-1]["step"] == best_cfg.train.steps):
             try:
-                _train_waiting(apply_overrides(best_cfg, {"train.seed": seed}), run, progress)
+                _train_waiting(apply_overrides(best_cfg, {"train.seed": seed}), run, progress, tokenizer)
             except InputError as error:
                 if type(error).__name__ != "Diverged":
                     raise
@@ -279,11 +282,11 @@ def _toml(cfg: Config) -> bytes:
     return tomli_w.dumps(cfg.to_dict()).encode()
 
 
-def _train_waiting(cfg: Config, run: Path, progress: bool) -> None:
+def _train_waiting(cfg: Config, run: Path, progress: bool, tokenizer: Path | None) -> None:
     """Train (or continue) ``run``; if another worker holds it, wait for that worker to finish it."""
     while True:
         try:
-            train(cfg, run, resume=(run / CHECKPOINT).exists(), progress=progress)
+            train(cfg, run, resume=(run / CHECKPOINT).exists(), progress=progress, tokenizer=tokenizer)
             return
         except InputError as error:
             if "in use by another process" not in str(error):

@@ -40,10 +40,16 @@ def steps_logged(run: Path) -> list[int]:
 
 @pytest.mark.parametrize("flags", NEW, ids=lambda f: "-".join(a for a in f if not a.startswith("-"))[:40])
 def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(tmp_path, flags):
+    kill_resume_and_compare(tmp_path, [*TINY, *flags])
+
+
+def kill_resume_and_compare(tmp_path: Path, flags: list[str]) -> None:
+    """SIGKILL ``hybrid train`` (120 steps, rows every 10) after step 40's row, resume it, and check it
+    ends with the parameters and rows of an uninterrupted run."""
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "hybrid.cli", "train", "--out", str(killed), "--quiet",
-                             *TINY, *flags], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             *flags], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -57,7 +63,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(tmp_path, flags):
     assert 10 <= load_checkpoint(killed / "checkpoint.pt")["step"] < 120
     torch.set_num_threads(1)
     assert main(["train", "--resume", str(killed), "--quiet"]) == 0
-    assert main(["train", "--out", str(whole), "--quiet", *TINY, *flags]) == 0
+    assert main(["train", "--out", str(whole), "--quiet", *flags]) == 0
     a, b = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
     for name in b["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
