@@ -89,6 +89,16 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
 
 
+def test_a_journal_file_holds_the_study(tmp_path):
+    out, journal = tmp_path / "study", tmp_path / "study.log"
+    assert main(argv(out, "--storage", f"journal:{journal}")) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="adamw", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and not (out / "study.sqlite3").exists()
+    assert main(argv(out, "--storage", f"journal:{journal}")) == 0  # a rerun finds the budget spent
+    assert len(optuna.load_study(study_name="adamw", storage=storage).get_trials()) == 2
+
+
 def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
     class Diverged(InputError):  # as hybrid.train raises on a NaN loss
         pass
@@ -145,6 +155,10 @@ def test_a_dead_workers_running_trial_is_failed_and_enqueued_again(tmp_path):
         (["--storage", "postgresql://127.0.0.1:1/x"], "--storage postgresql://127.0.0.1:1/x"),
         (["--storage", "sqlite:////nonexistent/folder/s.db"], "folder exists and is writable"),
         (["--storage", "not a url"], "use an Optuna URL such as sqlite:///"),
+        (["--storage", "redis://localhost/0"], "'redis://localhost/0' is not a storage URL; use an Optuna URL"),
+        (["--storage", "postgresql://me:hunter2@127.0.0.1:1/x"], "--storage postgresql://me:***@127.0.0.1:1/x"),
+        (["--storage", "journal:/nonexistent/folder/study.log"], "/nonexistent/folder does not exist"),
+        (["--storage", "journal:"], "names no journal file; use journal:PATH"),
         (["--trials", "0"], "--trials must be an integer >= 1"),
         (["--seeds", "0"], "--seeds must be an integer >= 1"),
     ],
@@ -153,4 +167,5 @@ def test_bad_input_exits_2_with_one_line_before_any_trial(tmp_path, capsys, extr
     assert main(argv(tmp_path / "study", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "hunter2" not in err
     assert not (tmp_path / "study" / "trials").exists()
