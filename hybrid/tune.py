@@ -63,7 +63,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except ImportError as error:
         raise InputError(
             f"--storage {_masked(url)}: the database driver is not installed ({error}); "
-            "pip install it (psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)"
+            "pip install it (pip install 'hybrid-qlm[postgres]' for postgresql://, pymysql for mysql+pymysql://)"
         ) from None
     except Exception as error:  # sqlalchemy's ArgumentError (malformed), OperationalError (unreachable), ...
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__

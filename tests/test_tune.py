@@ -3,10 +3,13 @@ trials are recorded, bad input fails before any trial, and the best config train
 
 import math
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,6 +100,87 @@ def test_a_journal_file_holds_the_study(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and not (out / "study.sqlite3").exists()
     assert main(argv(out, "--storage", f"journal:{journal}")) == 0  # a rerun finds the budget spent
     assert len(optuna.load_study(study_name="adamw", storage=storage).get_trials()) == 2
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return Path(shutil.which("initdb")).parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3].zfill(4))
+    return found[-1].parent if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth), stopped and removed at the end."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("the PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    folder = Path(tempfile.mkdtemp(prefix="hybrid-postgres-"))
+    as_user = {}
+    if os.geteuid() == 0:  # initdb refuses to run as root: the cluster belongs to an unprivileged user
+        names = {entry.pw_name for entry in pwd.getpwall()}
+        user = pwd.getpwnam(next(name for name in ("postgres", "nobody") if name in names))
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    data, port = folder / "data", free_port()
+    options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               "-c full_page_writes=off")  # fmt: skip
+
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binaries / args[0]), *args[1:]], cwd=folder, capture_output=True, text=True,
+                              timeout=60, **as_user)  # fmt: skip
+
+    try:
+        done = pg("initdb", "-D", str(data), "-U", "hybrid", "--auth=trust", "--no-locale", "-E", "UTF8", "-N")
+        assert done.returncode == 0, done.stderr
+        done = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start")
+        assert done.returncode == 0, done.stderr + (folder / "server.log").read_text()
+        yield f"postgresql://hybrid@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_one_postgresql_study_run_exactly_the_budget_and_recover_a_killed_one(tmp_path, postgres_url):
+    out = tmp_path / "study"
+    db = open_storage(postgres_url)  # the tables once, before the race
+    args = argv(out, "--storage", postgres_url, steps=40, trials=3)
+    doomed, survivor = worker(args), worker(args)
+    deadline, killed = time.time() + 120, None
+    while killed is None and time.time() < deadline and doomed.poll() is None:  # kill it in the middle of a trial
+        studies = [s.study_name for s in optuna.get_all_study_summaries(db)]
+        running = optuna.load_study(study_name="adamw", storage=db).get_trials(states=(TrialState.RUNNING,)) \
+            if "adamw" in studies else []  # fmt: skip
+        for trial in running:
+            if trial.user_attrs.get("pid") == doomed.pid:
+                if len(read_table(out / "trials" / "adamw" / str(trial.number) / "metrics.csv")) >= 2:
+                    os.kill(doomed.pid, signal.SIGKILL)
+                    killed = trial.number
+        time.sleep(0.05)
+    doomed.communicate()  # reaped: a zombie would still answer kill(pid, 0)
+    assert killed is not None and doomed.returncode == -signal.SIGKILL
+    _, err = survivor.communicate(timeout=180)
+    assert survivor.returncode == 0, err.decode()
+
+    trials = optuna.load_study(study_name="adamw", storage=postgres_url).get_trials()
+    states = [t.state for t in trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 3  # exactly the budget
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert trials[killed].state == TrialState.FAIL  # recovered: failed and run again, once
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[killed].params
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 3  # none ran twice
+    assert [r["step"] for r in read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")] == list(range(0, 41, 5))
 
 
 def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
