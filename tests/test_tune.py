@@ -152,6 +152,13 @@ def postgres_url():
 def test_two_workers_on_one_postgresql_study_run_exactly_the_budget_and_recover_a_killed_one(tmp_path, postgres_url):
     out = tmp_path / "study"
     db = open_storage(postgres_url)  # the tables once, before the race
+    try:
+        check_two_postgresql_workers(out, db, postgres_url)
+    finally:
+        db.engine.dispose()  # its connections close before the server stops
+
+
+def check_two_postgresql_workers(out: Path, db, postgres_url: str) -> None:
     args = argv(out, "--storage", postgres_url, steps=40, trials=3)
     doomed, survivor = worker(args), worker(args)
     deadline, killed = time.time() + 120, None
@@ -170,7 +177,7 @@ def test_two_workers_on_one_postgresql_study_run_exactly_the_budget_and_recover_
     _, err = survivor.communicate(timeout=180)
     assert survivor.returncode == 0, err.decode()
 
-    trials = optuna.load_study(study_name="adamw", storage=postgres_url).get_trials()
+    trials = optuna.load_study(study_name="adamw", storage=db).get_trials()
     states = [t.state for t in trials]
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 3  # exactly the budget
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
