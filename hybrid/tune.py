@@ -167,9 +167,7 @@ def _check(base: Config, optimizers: list[str], trials: int, seeds: int) -> dict
 
 def _load_study(db, name: str, cfg: Config, pruner) -> optuna.Study:
     """The study ``name``, created on first use; a study made from another base config is refused."""
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(db)}
-    seed = cfg.train.seed + (existing[name].n_trials if name in existing else 0)  # a rerun does not repeat draws
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed)  # reseeded for each trial (_run_trial)
     study = optuna.create_study(storage=db, study_name=name, sampler=sampler, pruner=pruner, load_if_exists=True)
     base = cfg.to_dict()
     saved = study.user_attrs.get("base")
@@ -231,6 +229,9 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar)
         if len(ahead) >= budget:
             study.tell(trial, state=TrialState.FAIL)
             return False
+        # Seeded by the trial's number, which the storage hands out once: workers that start together
+        # (or a rerun) do not draw the same params, and one worker's study is reproducible.
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + trial.number)
         params = {key: trial.suggest_float(key, low, high, log=log) for key, (low, high, log) in
                   search_space(cfg.optim).items()}  # fmt: skip
     except optuna.exceptions.UpdateFinishedTrialError:

@@ -89,6 +89,8 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     trials = trials_of(out)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+    finished = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(set(finished)) == len(finished)  # workers that start together draw different params
     assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
 
 
