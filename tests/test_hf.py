@@ -300,7 +300,8 @@ def trainer(model, out, steps: int = 20):
     optimizer = hybrid.build_optimizer(model, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: hybrid.optim.registry.lr_factor(s, cfg, steps))
     args = transformers.TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, save_steps=10,
-                                          report_to=hf.report_to("csv"), use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+                                          report_to=hf.report_to("csv"), use_cpu=True, seed=0,
+                                          disable_tqdm=True)  # fmt: skip
     return transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, schedule))
 
 

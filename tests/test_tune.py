@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hybrid.cli import main
@@ -214,12 +215,16 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruned_trials_are_recorded_and_stop_their_run(tmp_path):
-    base = apply_overrides(Config(), {**TINY, "train.steps": 20})
+    base = apply_overrides(Config(), {**TINY, "train.steps": 20, "train.log": "mlflow"})
     rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, pruner=AlwaysPrune())
     trials = trials_of(tmp_path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.intermediate_values == {0: t.value} for t in trials)  # pruned at its first evaluation
-    assert read_table(tmp_path / "trials" / "adamw" / "0" / "metrics.csv")[-1]["step"] == 0
+    run = tmp_path / "trials" / "adamw" / "0"
+    assert read_table(run / "metrics.csv")[-1]["step"] == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")  # the trial's run, stopped on purpose
+    tracked = client.get_run((run / "mlflow_run_id").read_text())
+    assert tracked.info.status == "KILLED" and tracked.data.tags["stopped_by"] == "pruned at step 5"
     assert rows[0]["losses"] == [] and "| adamw | 0/2 |" in (tmp_path / "best.md").read_text()
 
 
