@@ -21,8 +21,9 @@ TRAIN_FLAGS = {
     "backend": "circuit.backend", "circuit": "circuit.name", "qubits": "circuit.n_qubits",
     "circuit_layers": "circuit.n_layers", "optimizer": "optim.name", "lr": "optim.lr",
     "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
-    "gradient": "execution.gradient",
+    "gradient": "execution.gradient", "log": "train.log",
 }  # fmt: skip
+LOG_HELP = "metrics sinks besides metrics.csv, comma-separated: tensorboard, mlflow (into the run folder)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling backends: parameter-shift (default) or spsa (1 + 2 circuits per input)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set model.n_embd=128 (repeatable)")  # fmt: skip
+    train.add_argument("--log", metavar="SINKS", help=LOG_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="data-parallel processes on this machine, via torchrun (--batch-size is the global batch)")
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
     sweep.add_argument("--config", type=Path, help="base TOML config of every run")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config key (repeatable)")
+    sweep.add_argument("--log", metavar="SINKS", help=f"{LOG_HELP}, of every run")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=run_sweep)
 
@@ -93,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=8, help="complete + pruned trials per optimizer, all workers")
     tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     tune.add_argument("--seeds", type=int, default=5, help="seeds of each best config's final runs")
-    tune.add_argument("--storage", help="Optuna database URL shared by workers (default: sqlite:///OUT/study.sqlite3)")
+    tune.add_argument("--storage", help="Optuna storage shared by workers: a database URL "
+                      "(postgresql://USER:PASS@HOST/DB, ...) or journal:FILE (default: sqlite:///OUT/study.sqlite3)")
     tune.add_argument("--config", type=Path, help="base TOML config of every run")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config key (repeatable)")
+    tune.add_argument("--log", metavar="SINKS", help=f"{LOG_HELP}, of every trial and final run")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(handler=run_tune)
 
@@ -224,8 +229,7 @@ def _relaunch(args: argparse.Namespace, cfg: Config, out: Path) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     from hybrid.sweep import FITS, PLOT, RESULTS, make_grid, sweep
 
-    base = load_config(args.config) if args.config else Config()
-    base = apply_overrides(base, {"train.steps": args.steps, "train.sample_chars": 0, **set_overrides(args.set)})
+    base = _base_config(args)
     grid = make_grid(
         _ints(args.qubits, "--qubits"), _ints(args.circuit_layers, "--circuit-layers"),
         _ints(args.widths, "--widths"), args.optimizers.split(","), _ints(args.seeds, "--seeds"),
@@ -245,12 +249,18 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_tune(args: argparse.Namespace) -> int:
     from hybrid.tune import TABLE, tune
 
-    base = load_config(args.config) if args.config else Config()
-    base = apply_overrides(base, {"train.steps": args.steps, "train.sample_chars": 0, **set_overrides(args.set)})
+    base = _base_config(args)
     optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
     tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet)
     print(f"table: {args.out / TABLE}, best configs: {args.out}/best-<optimizer>.toml")
     return 0
+
+
+def _base_config(args: argparse.Namespace) -> Config:
+    """The config every run of a sweep or study starts from: --config, --steps, --log, --set."""
+    base = load_config(args.config) if args.config else Config()
+    flags = {"train.steps": args.steps, "train.sample_chars": 0, **({"train.log": args.log} if args.log else {})}
+    return apply_overrides(base, {**flags, **set_overrides(args.set)})
 
 
 def _ints(text: str, flag: str) -> list[int]:

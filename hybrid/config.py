@@ -24,6 +24,7 @@ from hybrid.errors import InputError, check_number
 from hybrid.models import ModelConfig, check_controls
 from hybrid.optim.registry import OptimConfig
 from hybrid.quantum import CircuitConfig
+from hybrid.sinks import sink_names
 
 # torch.Generator.manual_seed takes an unsigned 64-bit seed and training also seeds seed + 1
 MAX_SEED = 2**64 - 2
@@ -41,6 +42,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu or cuda
     sample_chars: int = 300  # characters generated into sample.txt at the end
     curvature_every: int = 0  # steps between curvature spectra (hybrid.diagnostics.track, diagnostics.csv); 0: off
+    log: str = "csv"  # metrics sinks, comma-separated: csv (always on), tensorboard, mlflow (hybrid.sinks.SINKS)
 
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -52,6 +54,7 @@ class TrainConfig:
             self.device.startswith("cuda:") and self.device[5:].isdigit()
         ):
             raise InputError(f"{prefix}device must be cpu, cuda or cuda:N, got {self.device!r}")
+        sink_names(self.log, f"{prefix}log")
         return self
 
 

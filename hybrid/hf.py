@@ -6,6 +6,7 @@
     model.save_pretrained("out")              # config.json gains a "quantum_head" entry
     model = hybrid.hf.from_pretrained("out")  # the same model, quantum head included
     save_quantum_head(model, "head")          # the head alone, as an adapter (JSON + safetensors)
+    TrainingArguments(..., report_to=report_to("tensorboard"))  # train.log's trackers, by transformers' names
     load_quantum_head(base_model, "head")     # onto a base model of the same hidden size and vocabulary
 
 The head is ``hybrid.models.QuantumProjection``: hidden -> pi*tanh(Linear) -> circuit ->
@@ -33,6 +34,7 @@ from circuits import TEMPLATES
 from hybrid.backends import get_backend
 from hybrid.errors import InputError
 from hybrid.models import QuantumProjection
+from hybrid.sinks import sink_names
 
 CONFIG_KEY = "quantum_head"  # the entry of config.json that describes the circuit
 ADAPTER_CONFIG = "quantum_head_config.json"
@@ -262,3 +264,18 @@ def load_tokenizer(path: str | Path):
     if not file.is_file():
         raise InputError(f"{path} has no tokenizer.json; train with --set data.tokenizer=bpe, or pass the file itself")
     return PreTrainedTokenizerFast(tokenizer_file=str(file), clean_up_tokenization_spaces=False)
+
+
+# -- transformers.Trainer ---------------------------------------------------------------------
+
+
+def report_to(log: str) -> list[str] | str:
+    """``TrainingArguments(report_to=...)`` for a ``train.log`` value such as ``"tensorboard,mlflow"``:
+    its trackers under transformers' names (the same), or ``"none"``. Pass it explicitly:
+    transformers 4 reports to every installed integration by default. ``csv`` has no
+    counterpart: ``Trainer`` keeps its own log history in ``trainer_state.json``.
+
+    Raises:
+        InputError: an unknown sink name, as ``train.log`` refuses it.
+    """
+    return sink_names(log, "report_to")[1:] or "none"

@@ -10,6 +10,7 @@
       test.json         the held-out test split, evaluated once at the end (test_bpc), and the validation
                         text's unigram and bigram character entropies
       diagnostics.csv   with train.curvature_every: curvature statistics per tracked step (spectra/ beside it)
+      events.out.tfevents.*, mlflow.db, mlflow_run_id   with train.log: TensorBoard, MLflow (hybrid.tracking)
 
 The loop's order is the data flow: batch -> model -> loss -> gradients -> clip -> update.
 ``train(cfg, out, resume=True)`` continues a killed run from its last checkpoint and ends with
@@ -22,7 +23,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from hybrid.optim.reduce import local_only
 from hybrid.parallel import World, check_world, mean_over_ranks, on_main, process_group, shard, wrap
 from hybrid.plots import plot_loss_curve
 from hybrid.quantum import QuantumLayer
-from hybrid.sinks import CsvSink, MetricsLog, ProgressSink
+from hybrid.sinks import CsvSink, MetricsLog, ProgressSink, sink_names
 from hybrid.tables import read_table, write_table
 from hybrid.tokenizer import BpeTokenizer, CharTokenizer
 
@@ -184,7 +185,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
         for split in ("train", "val")
     } if world.main else {}  # fmt: skip
 
-    with folder_lock(out) if world.main else nullcontext():  # one process per run folder
+    with folder_lock(out) if world.main else nullcontext(), ExitStack() as closing:  # one process per run folder
         step, logged = 0, []
         if resume:
             state = on_main(world, lambda: _load_state(cfg, out))
@@ -208,7 +209,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
 
         interval_start, interval_tokens = time.perf_counter(), 0
         bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress)
-        log = MetricsLog([CsvSink(out / METRICS), ProgressSink(bar)] if world.main else [])
+        log = closing.enter_context(MetricsLog(_sinks(cfg, out, bar, step if resume else None) if world.main else []))
         val_loss = train_loss = math.nan
         if resume and logged:  # a run resumed at its last step reports its last evaluation
             train_loss, val_loss = logged[-1]["train_loss"], logged[-1]["val_loss"]
@@ -257,7 +258,6 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
             tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         bar.close()
-        log.close()
 
         test_bpc = math.nan
         if world.main:
@@ -295,6 +295,16 @@ def _check_tokenizer_file(cfg: Config, out: Path) -> None:
                          "resume with --set data.tokenizer=bpe or start a new run with --out")  # fmt: skip
 
 
+def _sinks(cfg: Config, out: Path, bar, resume_step: int | None) -> list:
+    """metrics.csv and the progress bar, then the trackers ``train.log`` names (closed with the loop)."""
+    sinks, trackers = [CsvSink(out / METRICS), ProgressSink(bar)], sink_names(cfg.train.log)[1:]
+    if trackers:
+        from hybrid.tracking import tracking_sinks  # the optional extra "track"
+
+        sinks += tracking_sinks(trackers, out, dict(_flat(cfg.to_dict())), resume_step)
+    return sinks
+
+
 def make_run_folder(out: Path) -> None:
     """Create the run folder ``out`` (and its parents), or say in one line why it cannot be."""
     if out.exists() and not out.is_dir():
@@ -316,10 +326,10 @@ def resume_config(out: str | Path) -> Config:
 
 def _check_same_run(cfg: Config, saved: Config, out: Path) -> None:
     new, old = dict(_flat(cfg.to_dict())), dict(_flat(saved.to_dict()))
-    changed = [key for key in old if key != "train.steps" and new[key] != old[key]]
+    changed = [key for key in old if key not in ("train.steps", "train.log") and new.get(key) != old[key]]
     if changed:
         raise InputError(
-            f"resuming {out} with a changed config ({', '.join(changed)}); only --steps may change on resume"
+            f"resuming {out} with a changed config ({', '.join(changed)}); only --steps and --log may change on resume"
         )
 
 

@@ -1,7 +1,7 @@
 """Hyperparameter studies: one Optuna study per optimizer, a fixed trial budget, multi-seed finals.
 
     out/
-      study.sqlite3            the default storage (``--storage`` may name any Optuna database URL)
+      study.sqlite3            the default storage (``--storage``: any Optuna database URL, or journal:FILE)
       tokenizer.json           with data.tokenizer = "bpe": trained once, given to every run of the study
       trials/<optimizer>/<n>/  the run folder of trial n (the layout of ``hybrid train``)
       best-<optimizer>.toml    the best trial's full config (``hybrid train --config`` runs it)
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import statistics
 import time
@@ -45,24 +46,54 @@ HEARTBEAT_S, GRACE_S, POLL_S = 30.0, 600.0, 2.0  # a RUNNING trial silent for GR
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (and create the tables of) an Optuna database, with a one-line error that says what to fix."""
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage shared by workers, with a one-line error that says what to fix.
+
+    ``url`` is a database URL (``sqlite:///FILE``, ``postgresql://USER:PASS@HOST/DB``,
+    ``mysql+pymysql://...``; the tables are created on first use) or ``journal:FILE``, an
+    append-only file (``JournalStorage`` on a ``JournalFileBackend``) for machines that share a
+    file system but no database server. Passwords are masked in errors.
+    """
+    scheme = url.partition(":")[0].partition("+")[0].lower()
+    if scheme == "journal":
+        return _open_journal(url)
+    if scheme not in RDB_SCHEMES or "://" not in url:
+        raise InputError(f"--storage {url!r} is not a storage URL; use an Optuna URL such as sqlite:///study.sqlite3, "
+                         "postgresql://user:pass@host/db or journal:study.log")  # fmt: skip
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except ImportError as error:
         raise InputError(
-            f"--storage {url}: the database driver is not installed ({error}); "
-            "pip install it (psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)"
+            f"--storage {_masked(url)}: the database driver is not installed ({error}); "
+            "pip install it (pip install 'hybrid-qlm[postgres]' for postgresql://, pymysql for mysql+pymysql://)"
         ) from None
     except Exception as error:  # sqlalchemy's ArgumentError (malformed), OperationalError (unreachable), ...
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        reason = reason.replace(url, _masked(url))
         if type(error).__name__ == "ArgumentError" or "parse" in reason.lower():
             fix = "use an Optuna URL such as sqlite:///study.sqlite3 or postgresql://user:pass@host/db"
         elif url.startswith("sqlite"):
             fix = "make sure the database file's folder exists and is writable"
         else:
             fix = "check that the database server runs, is reachable, and the user, password and database exist"
-        raise InputError(f"cannot open --storage {url} ({type(error).__name__}: {reason}); {fix}") from None
+        raise InputError(f"cannot open --storage {_masked(url)} ({type(error).__name__}: {reason}); {fix}") from None
+
+
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")  # SQLAlchemy dialects
+
+
+def _open_journal(url: str) -> optuna.storages.JournalStorage:
+    path = Path(url.removeprefix("journal:")).expanduser()
+    if not url.removeprefix("journal:") or path.is_dir():
+        raise InputError(f"--storage {url} names no journal file; use journal:PATH, e.g. journal:study.log")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise InputError(f"--storage {url}: the folder {path.parent} does not exist or is not writable; create it")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password, if any, as ``***``: errors are printed and logged."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -82,7 +113,8 @@ def tune(
             and the sampler; the finals use seeds ``0..seeds-1``.
         optimizers: names of ``PRESETS``, one study each.
         trials: COMPLETE + PRUNED trials per optimizer, across all workers.
-        storage: an Optuna database URL; default ``sqlite:///<out>/study.sqlite3``.
+        storage: an Optuna database URL or ``journal:FILE`` (``open_storage``); default
+            ``sqlite:///<out>/study.sqlite3``.
         pruner: default ``MedianPruner`` on the validation loss of each evaluation.
 
     Returns:
@@ -138,9 +170,7 @@ def _check(base: Config, optimizers: list[str], trials: int, seeds: int) -> dict
 
 def _load_study(db, name: str, cfg: Config, pruner) -> optuna.Study:
     """The study ``name``, created on first use; a study made from another base config is refused."""
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(db)}
-    seed = cfg.train.seed + (existing[name].n_trials if name in existing else 0)  # a rerun does not repeat draws
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed)  # reseeded for each trial (_run_trial)
     study = optuna.create_study(storage=db, study_name=name, sampler=sampler, pruner=pruner, load_if_exists=True)
     base = cfg.to_dict()
     saved = study.user_attrs.get("base")
@@ -202,6 +232,9 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar,
         if len(ahead) >= budget:
             study.tell(trial, state=TrialState.FAIL)
             return False
+        # Seeded by the trial's number, which the storage hands out once: workers that start together
+        # (or a rerun) do not draw the same params, and one worker's study is reproducible.
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + trial.number)
         params = {key: trial.suggest_float(key, low, high, log=log) for key, (low, high, log) in
                   search_space(cfg.optim).items()}  # fmt: skip
     except optuna.exceptions.UpdateFinishedTrialError:

@@ -300,8 +300,18 @@ def trainer(model, out, steps: int = 20):
     optimizer = hybrid.build_optimizer(model, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: hybrid.optim.registry.lr_factor(s, cfg, steps))
     args = transformers.TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, save_steps=10,
-                                          report_to=[], use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+                                          report_to=hf.report_to("csv"), use_cpu=True, seed=0,
+                                          disable_tqdm=True)  # fmt: skip
     return transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, schedule))
+
+
+def test_report_to_names_train_logs_trackers_to_training_arguments(tmp_path):
+    assert hf.report_to("csv") == "none" and hf.report_to("tensorboard,mlflow") == ["tensorboard", "mlflow"]
+    args = transformers.TrainingArguments(str(tmp_path), report_to=hf.report_to("csv,tensorboard"), use_cpu=True)
+    assert args.report_to == ["tensorboard"]
+    assert transformers.TrainingArguments(str(tmp_path), report_to=hf.report_to(""), use_cpu=True).report_to == []
+    with pytest.raises(InputError, match="report_to: unknown sink 'wandb'; choose from csv, tensorboard, mlflow"):
+        hf.report_to("wandb")
 
 
 def test_trainer_trains_with_the_hybrid_optimizer_and_resumes_exactly(tmp_path):

@@ -3,15 +3,19 @@ trials are recorded, bad input fails before any trial, and the best config train
 
 import math
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hybrid.cli import main
@@ -86,7 +90,107 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     trials = trials_of(out)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+    finished = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(set(finished)) == len(finished)  # workers that start together draw different params
     assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
+
+
+def test_a_journal_file_holds_the_study(tmp_path):
+    out, journal = tmp_path / "study", tmp_path / "study.log"
+    assert main(argv(out, "--storage", f"journal:{journal}")) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="adamw", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and not (out / "study.sqlite3").exists()
+    assert main(argv(out, "--storage", f"journal:{journal}")) == 0  # a rerun finds the budget spent
+    assert len(optuna.load_study(study_name="adamw", storage=storage).get_trials()) == 2
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return Path(shutil.which("initdb")).parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3].zfill(4))
+    return found[-1].parent if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth), stopped and removed at the end."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("the PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    folder = Path(tempfile.mkdtemp(prefix="hybrid-postgres-"))
+    as_user = {}
+    if os.geteuid() == 0:  # initdb refuses to run as root: the cluster belongs to an unprivileged user
+        names = {entry.pw_name for entry in pwd.getpwall()}
+        user = pwd.getpwnam(next(name for name in ("postgres", "nobody") if name in names))
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    data, port = folder / "data", free_port()
+    options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               "-c full_page_writes=off")  # fmt: skip
+
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binaries / args[0]), *args[1:]], cwd=folder, capture_output=True, text=True,
+                              timeout=60, **as_user)  # fmt: skip
+
+    try:
+        done = pg("initdb", "-D", str(data), "-U", "hybrid", "--auth=trust", "--no-locale", "-E", "UTF8", "-N")
+        assert done.returncode == 0, done.stderr
+        done = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start")
+        assert done.returncode == 0, done.stderr + (folder / "server.log").read_text()
+        yield f"postgresql://hybrid@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_one_postgresql_study_run_exactly_the_budget_and_recover_a_killed_one(tmp_path, postgres_url):
+    out = tmp_path / "study"
+    db = open_storage(postgres_url)  # the tables once, before the race
+    try:
+        check_two_postgresql_workers(out, db, postgres_url)
+    finally:
+        db.engine.dispose()  # its connections close before the server stops
+
+
+def check_two_postgresql_workers(out: Path, db, postgres_url: str) -> None:
+    args = argv(out, "--storage", postgres_url, steps=40, trials=3)
+    doomed, survivor = worker(args), worker(args)
+    deadline, killed = time.time() + 120, None
+    while killed is None and time.time() < deadline and doomed.poll() is None:  # kill it in the middle of a trial
+        studies = [s.study_name for s in optuna.get_all_study_summaries(db)]
+        running = optuna.load_study(study_name="adamw", storage=db).get_trials(states=(TrialState.RUNNING,)) \
+            if "adamw" in studies else []  # fmt: skip
+        for trial in running:
+            if trial.user_attrs.get("pid") == doomed.pid:
+                if len(read_table(out / "trials" / "adamw" / str(trial.number) / "metrics.csv")) >= 2:
+                    os.kill(doomed.pid, signal.SIGKILL)
+                    killed = trial.number
+        time.sleep(0.05)
+    doomed.communicate()  # reaped: a zombie would still answer kill(pid, 0)
+    assert killed is not None and doomed.returncode == -signal.SIGKILL
+    _, err = survivor.communicate(timeout=180)
+    assert survivor.returncode == 0, err.decode()
+
+    trials = optuna.load_study(study_name="adamw", storage=db).get_trials()
+    states = [t.state for t in trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 3  # exactly the budget
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert trials[killed].state == TrialState.FAIL  # recovered: failed and run again, once
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[killed].params
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 3  # none ran twice
+    assert [r["step"] for r in read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")] == list(range(0, 41, 5))
 
 
 def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
@@ -111,12 +215,16 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruned_trials_are_recorded_and_stop_their_run(tmp_path):
-    base = apply_overrides(Config(), {**TINY, "train.steps": 20})
+    base = apply_overrides(Config(), {**TINY, "train.steps": 20, "train.log": "mlflow"})
     rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, pruner=AlwaysPrune())
     trials = trials_of(tmp_path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.intermediate_values == {0: t.value} for t in trials)  # pruned at its first evaluation
-    assert read_table(tmp_path / "trials" / "adamw" / "0" / "metrics.csv")[-1]["step"] == 0
+    run = tmp_path / "trials" / "adamw" / "0"
+    assert read_table(run / "metrics.csv")[-1]["step"] == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")  # the trial's run, stopped on purpose
+    tracked = client.get_run((run / "mlflow_run_id").read_text())
+    assert tracked.info.status == "KILLED" and tracked.data.tags["stopped_by"] == "pruned at step 5"
     assert rows[0]["losses"] == [] and "| adamw | 0/2 |" in (tmp_path / "best.md").read_text()
 
 
@@ -145,6 +253,10 @@ def test_a_dead_workers_running_trial_is_failed_and_enqueued_again(tmp_path):
         (["--storage", "postgresql://127.0.0.1:1/x"], "--storage postgresql://127.0.0.1:1/x"),
         (["--storage", "sqlite:////nonexistent/folder/s.db"], "folder exists and is writable"),
         (["--storage", "not a url"], "use an Optuna URL such as sqlite:///"),
+        (["--storage", "redis://localhost/0"], "'redis://localhost/0' is not a storage URL; use an Optuna URL"),
+        (["--storage", "postgresql://me:hunter2@127.0.0.1:1/x"], "--storage postgresql://me:***@127.0.0.1:1/x"),
+        (["--storage", "journal:/nonexistent/folder/study.log"], "/nonexistent/folder does not exist"),
+        (["--storage", "journal:"], "names no journal file; use journal:PATH"),
         (["--trials", "0"], "--trials must be an integer >= 1"),
         (["--seeds", "0"], "--seeds must be an integer >= 1"),
     ],
@@ -153,4 +265,5 @@ def test_bad_input_exits_2_with_one_line_before_any_trial(tmp_path, capsys, extr
     assert main(argv(tmp_path / "study", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "hunter2" not in err
     assert not (tmp_path / "study" / "trials").exists()
