@@ -41,9 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a flag it cannot parse refused like every other bad input: one line, exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybrid", description="Train hybrid quantum-classical language models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="hybrid", description="Train hybrid quantum-classical language models.")
+    commands = parser.add_subparsers(dest="command", required=True)  # each verb's parser is a OneLineParser
 
     train = commands.add_parser("train", help="train a model and write a run folder")
     train.add_argument("--config", type=Path, help="TOML config file (defaults: hybrid.config)")

@@ -41,13 +41,14 @@ class TrainConfig:
     seed: int = 0  # seeds initialization, batch order and sampling
     device: str = "cpu"  # cpu or cuda
     sample_chars: int = 300  # characters generated into sample.txt at the end
+    test_batches: int = 0  # batches of consecutive test windows scored at the end (test.json); 0: the whole split
     curvature_every: int = 0  # steps between curvature spectra (hybrid.diagnostics.track, diagnostics.csv); 0: off
     log: str = "csv"  # metrics sinks, comma-separated: csv (always on), tensorboard, mlflow (hybrid.sinks.SINKS)
 
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_batches"):
             check_number(f"{prefix}{key}", getattr(self, key), low=1, integer=True)
-        for key in ("sample_chars", "curvature_every"):
+        for key in ("sample_chars", "curvature_every", "test_batches"):
             check_number(f"{prefix}{key}", getattr(self, key), low=0, integer=True)
         check_number(f"{prefix}seed", self.seed, low=0, high=MAX_SEED, integer=True)
         if self.device not in ("cpu", "cuda") and not (

@@ -49,7 +49,7 @@ RUN_FILE, LOG, LOCAL_JOBS = "submit.json", "submit.log", "local_jobs"
 SUBMIT_DEFAULTS = {
     "model.block_size": 8, "train.batch_size": 4, "circuit.name": "hardware_efficient",
     "circuit.n_layers": 1, "execution.shots": 1024, "train.steps": 10, "train.eval_every": 10,
-    "train.eval_batches": 1, "train.sample_chars": 0,
+    "train.eval_batches": 1, "train.test_batches": 1, "train.sample_chars": 0,
 }  # fmt: skip
 EXECUTION_KEYS = ("circuit.backend", *(f"execution.{f.name}" for f in dataclasses.fields(ExecutionConfig)))
 
@@ -95,6 +95,9 @@ def submit(args, overrides: dict, ibm=None) -> int:
                          "use hybrid train for simulators")  # fmt: skip
     if cfg.model.quantum == "none":
         raise InputError("model.quantum is none: there is no circuit to submit; use head or ffn")
+    if task == "train" and cfg.train.test_batches == 0:
+        raise InputError("train.test_batches=0 scores the whole test split, one job per batch; "
+                         "set train.test_batches to the number of test batches to pay for (1 or more)")  # fmt: skip
     options = ExecutionOptions.from_config(cfg.execution)
     check_noise(backend, cfg.execution.noise)
     if not args.dry_run:
@@ -281,6 +284,7 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
             metric_note = (f"; {refreshes} {'later ' * (metric_kind == 'estimator')}metric refreshes add "
                            f"{refresh.circuits:,} circuits to their step's job")  # fmt: skip
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
+        rows.append(("test batch, at the end", cfg.train.test_batches, batch_job(1)))
     elif task == "eval":
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches, batch_job(1)))
     else:

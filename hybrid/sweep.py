@@ -86,7 +86,7 @@ def sweep(
             run starts, before anything is written).
     """
     check_number("--workers", workers, low=0, integer=True)
-    if base.data.path:
+    if base.data.source != "markov":
         raise InputError("sweeps run on the built-in corpus, whose known floor the fits use; drop data.path")
     tuned = tuned or {}
 

@@ -80,16 +80,19 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, split: str, block_size: int, batch_size: int,
-                   device="cpu") -> float:  # fmt: skip
-    """Mean loss in nats/token over the whole of ``split``, in consecutive windows of ``block_size``."""
+                   device="cpu", max_batches: int = 0) -> tuple[float, int]:  # fmt: skip
+    """Mean loss in nats/token over ``split`` in consecutive windows of ``block_size``, and the tokens
+    scored: the whole split, or its first ``max_batches`` batches of windows when that is > 0."""
     was_training = model.training
     model.eval()
     total = count = 0
-    for x, y in dataset.windows(split, block_size, batch_size):
+    for i, (x, y) in enumerate(dataset.windows(split, block_size, batch_size)):
+        if max_batches and i == max_batches:
+            break
         total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
         count += y.numel()
     model.train(was_training)
-    return total / count
+    return total / count, count
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> float:
@@ -271,11 +274,12 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
 
 def _test(model, dataset: Dataset, cfg: Config, out: Path, device) -> float:
     """Evaluate the test split once, write ``test.json``, return its bits per character."""
-    loss = evaluate_split(model, dataset, "test", cfg.model.block_size, cfg.train.batch_size, device)
+    loss, tokens = evaluate_split(model, dataset, "test", cfg.model.block_size, cfg.train.batch_size, device,
+                                  cfg.train.test_batches)  # fmt: skip
     unigram, bigram = dataset.val_entropy
     summary = {
         "data": cfg.data.source, "tokenizer": cfg.data.tokenizer, "test_loss": loss,
-        "test_bpc": dataset.bits_per_char("test", loss), "test_tokens": len(dataset.test),
+        "test_bpc": dataset.bits_per_char("test", loss), "test_tokens": tokens,
         "tokens_per_char": dataset.tokens_per_char["test"],
         "val_unigram_bpc": unigram, "val_bigram_bpc": bigram,
         "floor_bpc": dataset.floor / math.log(2) if dataset.floor is not None else None,

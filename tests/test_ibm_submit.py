@@ -59,7 +59,8 @@ def test_submit_trains_with_one_job_per_step_and_leaves_the_journal(two_steps):
     assert [p["name"] for p in train_rows[1].pubs][:3] == ["forward", "shifts", "metric/0"]
     assert [(r.purpose, r.step) for r in rows if r.purpose == "metric"] == [("metric", 0)]
     assert all(r.state == "DONE" and r.result is not None and r.job_id for r in rows)
-    assert len(events(journal, "submitted")) == len(rows) == 2 + 1 + 4  # 2 steps, 1 metric, train+val at 0 and 2
+    # 2 steps, 1 metric, train+val at 0 and 2, 1 test batch at the end
+    assert len(events(journal, "submitted")) == len(rows) == 2 + 1 + 4 + 1
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
     saved = (out / "config.toml").read_text()
     assert 'backend = "fake_manila"' in saved and "shots = 256" in saved
