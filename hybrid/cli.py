@@ -11,9 +11,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hybrid.config import MAX_SEED, Config, apply_overrides, load_config
-from hybrid.errors import InputError, check_number
+from hybrid.errors import MAX_SEED, InputError, check_number
+
+# Each verb imports its modules (torch, PennyLane, Qiskit behind them) in its handler, after the
+# checks that need none of them: --help, a flag argparse refuses, or a bad `hybrid sample` flag
+# answers without loading torch.
+if TYPE_CHECKING:
+    from hybrid.config import Config
 
 # flag -> config key; every flag is also reachable as --set section.key=value
 TRAIN_FLAGS = {
@@ -180,6 +186,7 @@ def set_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from hybrid.config import Config, apply_overrides, load_config
     from hybrid.train import CHECKPOINT, resume_config, train
 
     if args.resume:
@@ -235,6 +242,7 @@ def _relaunch(args: argparse.Namespace, cfg: Config, out: Path) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from hybrid.config import load_config
     from hybrid.sweep import FITS, PLOT, RESULTS, make_grid, sweep
 
     base = _base_config(args)
@@ -265,6 +273,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _base_config(args: argparse.Namespace) -> Config:
+    from hybrid.config import Config, apply_overrides, load_config
+
     """The config every run of a sweep or study starts from: --config, --steps, --log, --set."""
     base = load_config(args.config) if args.config else Config()
     flags = {"train.steps": args.steps, "train.sample_chars": 0, **({"train.log": args.log} if args.log else {})}

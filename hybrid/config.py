@@ -20,14 +20,11 @@ import tomli_w
 from hybrid.backends import ExecutionConfig, get_backend
 from hybrid.checkpoint import atomic_write
 from hybrid.data import DataConfig
-from hybrid.errors import InputError, check_number
+from hybrid.errors import MAX_SEED, InputError, check_number
 from hybrid.models import ModelConfig, check_controls
 from hybrid.optim.registry import OptimConfig
 from hybrid.quantum import CircuitConfig
 from hybrid.sinks import sink_names
-
-# torch.Generator.manual_seed takes an unsigned 64-bit seed and training also seeds seed + 1
-MAX_SEED = 2**64 - 2
 
 
 @dataclass

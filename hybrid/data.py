@@ -48,8 +48,7 @@ class DataConfig:
             raise InputError(f"{prefix}val_fraction + {prefix}test_fraction must be below 1, got "
                              f"{self.val_fraction} + {self.test_fraction}; leave some text for training")  # fmt: skip
         check_choice(f"{prefix}tokenizer", self.tokenizer, ("char", "bpe"))
-        if self.tokenizer == "bpe":
-            check_number(f"{prefix}vocab_size", self.vocab_size, low=BYTE_ALPHABET, high=1 << 20, integer=True)
+        check_number(f"{prefix}vocab_size", self.vocab_size, low=BYTE_ALPHABET, high=1 << 20, integer=True)
         if self.path in NAMES:
             check_available(self.path)
         elif self.path not in ("", MARKOV):
@@ -126,10 +125,10 @@ class Dataset:
 
 def char_entropies(text: str) -> tuple[float, float]:
     """The unigram entropy H(c) and the bigram conditional entropy H(c_t | c_{t-1}) of ``text``, in bits/char."""
-    unigrams, bigrams = Counter(text), Counter(zip(text, text[1:]))
+    unigrams, bigrams = Counter(text), Counter(zip(text, text[1:], strict=False))
     n, n_pairs = len(text), max(1, len(text) - 1)
     h1 = -sum(k / n * math.log2(k / n) for k in unigrams.values())
-    firsts = Counter(a for a, _ in zip(text, text[1:]))
+    firsts = Counter(a for a, _ in zip(text, text[1:], strict=False))
     h2 = -sum(k / n_pairs * math.log2(k / firsts[a]) for (a, _), k in bigrams.items())
     return h1, h2
 

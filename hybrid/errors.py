@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+# torch.Generator.manual_seed takes an unsigned 64-bit seed and training also seeds seed + 1
+MAX_SEED = 2**64 - 2
+
 
 class InputError(ValueError):
     """Bad input from the user. The message names the problem and the fix, in one line.

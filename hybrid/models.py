@@ -39,7 +39,7 @@ CONTROLS = ("", "classical")
 class ModelConfig:
     """``[model]``: the transformer's shape and where the circuit goes."""
 
-    block_size: int = 32  # context length in characters
+    block_size: int = 32  # context length in tokens (characters with data.tokenizer = char)
     n_layer: int = 2  # transformer blocks
     n_head: int = 4  # attention heads; must divide n_embd
     n_embd: int = 64  # width of the residual stream

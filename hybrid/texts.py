@@ -21,7 +21,6 @@ import importlib.resources
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
 from hybrid.errors import InputError

@@ -117,7 +117,8 @@ def pullback_metric(model: nn.Module, layer, x: torch.Tensor, logits_fn=None) ->
               \\quad J_t = \\partial\\, \\mathrm{logits}_t / \\partial w
 
     One reverse-mode Jacobian of all logits in the weights (``torch.func.jacrev``, whose forward pass also
-    gives the probabilities), no loop over tokens; N = number of tokens (B*T). Undamped and PSD: QNG adds its damping to it.
+    gives the probabilities), no loop over tokens; N = number of tokens (B*T). Undamped and PSD: QNG adds its
+    damping to it.
 
     Args:
         model: the model that holds ``layer`` (e.g. ``HybridGPT``); not changed.
