@@ -91,6 +91,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+class FolderInUse(InputError):
+    """Another process holds a run folder's lock (``folder_lock``)."""
+
+
 @contextmanager
 def folder_lock(folder: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` while writing into it.
@@ -113,7 +117,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise InputError(f"{folder} is in use by another process; wait for it to end or use another folder") from None
+        raise FolderInUse(f"{folder} is in use by another process; wait for it to end or use another folder") from None
     for leftover in Path(folder).glob(".*.tmp"):  # an atomic_write a killed process never finished
         leftover.unlink(missing_ok=True)
     try:

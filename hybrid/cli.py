@@ -107,9 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--out", type=Path, required=True, help="study folder (rerun the command to resume)")
     tune.add_argument("--optimizers", default="adamw,kfac,hybrid", help="comma-separated optimizer names")
-    tune.add_argument("--trials", type=int, default=8, help="complete + pruned trials per optimizer, all workers")
+    tune.add_argument("--trials", type=int, default=8, help="complete + pruned trials per study, all workers")
+    tune.add_argument("--studies", type=int, default=1,
+                      help="independent studies per optimizer (AlgoPerf: 5); the score is the median of their bests")
+    tune.add_argument("--sampler", default="qmc", help="qmc (scrambled Sobol, quasi-random) or tpe (multivariate)")
     tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
-    tune.add_argument("--seeds", type=int, default=5, help="seeds of each best config's final runs")
+    tune.add_argument("--seeds", type=int, default=5,
+                      help="fresh seeds of the final runs of each best config and of its defaults")
     tune.add_argument("--storage", help="Optuna storage shared by workers: a database URL "
                       "(postgresql://USER:PASS@HOST/DB, ...) or journal:FILE (default: sqlite:///OUT/study.sqlite3)")
     tune.add_argument("--config", type=Path, help="base TOML config of every run")
@@ -267,7 +271,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
     base = _base_config(args)
     optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
-    tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet)
+    tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet,
+         studies=args.studies, sampler=args.sampler)
     print(f"table: {args.out / TABLE}, best configs: {args.out}/best-<optimizer>.toml")
     return 0
 

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from hybrid.cli import main
 from hybrid.config import Config, apply_overrides
-from hybrid.errors import InputError
 from hybrid.tables import read_table
+from hybrid.train import Diverged
 from hybrid.tune import open_storage, recover, tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_a_killed_worker_loses_nothing_and_the_best_config_trains(tmp_path, caps
     assert retry.params == before[1].params and retry.state == TrialState.COMPLETE
     assert "| adamw | 3/0 |" in capsys.readouterr().out
     assert (out / "best-so-far.png").read_bytes()[:4] == b"\x89PNG"
-    assert read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")[-1]["step"] == 40
+    assert read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")[-1]["step"] == 40
 
     run = tmp_path / "run"
     assert main(["train", "--config", str(out / "best-adamw.toml"), "--out", str(run), "--steps", "5", "--quiet"]) == 0
@@ -92,7 +92,7 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     finished = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
     assert len(set(finished)) == len(finished)  # workers that start together draw different params
-    assert len(read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
+    assert len(read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
 
 
 def test_a_journal_file_holds_the_study(tmp_path):
@@ -190,13 +190,11 @@ def check_two_postgresql_workers(out: Path, db, postgres_url: str) -> None:
     assert retries[0].params == trials[killed].params
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 3  # none ran twice
-    assert [r["step"] for r in read_table(out / "final" / "adamw" / "seed0" / "metrics.csv")] == list(range(0, 41, 5))
+    final = read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")
+    assert [r["step"] for r in final] == list(range(0, 41, 5))
 
 
 def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
-    class Diverged(InputError):  # as hybrid.train raises on a NaN loss
-        pass
-
     def diverge(cfg, out, **kwargs):
         raise Diverged("step 3: the training loss is nan; lower the learning rates")
 
@@ -206,7 +204,7 @@ def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
     trials = trials_of(tmp_path)
     assert [(t.state, t.value) for t in trials] == [(TrialState.COMPLETE, math.inf)] * 2
     assert "nan" in trials[0].user_attrs["diverged"] and (tmp_path / "best.md").exists()
-    assert rows[0]["losses"] == []
+    assert rows[0]["finals"] == []
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
@@ -225,7 +223,7 @@ def test_pruned_trials_are_recorded_and_stop_their_run(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")  # the trial's run, stopped on purpose
     tracked = client.get_run((run / "mlflow_run_id").read_text())
     assert tracked.info.status == "KILLED" and tracked.data.tags["stopped_by"] == "pruned at step 5"
-    assert rows[0]["losses"] == [] and "| adamw | 0/2 |" in (tmp_path / "best.md").read_text()
+    assert rows[0]["finals"] == [] and "| adamw | 0/2 |" in (tmp_path / "best.md").read_text()
 
 
 def test_a_dead_workers_running_trial_is_failed_and_enqueued_again(tmp_path):
