@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from hybrid.checkpoint import FolderInUse, atomic_write
 from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target, welch_p
-from hybrid.config import Config, apply_overrides, save_config, validate
+from hybrid.config import Config, apply_overrides, config_from_dict, save_config, validate
 from hybrid.data import prepare_tokenizer
 from hybrid.errors import MAX_SEED, InputError
 from hybrid.optim.registry import PRESETS, search_space
@@ -258,14 +258,23 @@ def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int) ->
     if "base" not in saved:
         for key, value in {**attrs, "optuna_version": optuna.__version__}.items():
             study.set_user_attr(key, value)
-    elif saved["base"] != base:
-        changed = [f"{s}.{k}" for s in base for k in base[s] if saved["base"].get(s, {}).get(k) != base[s][k]]
+    elif (then := _read_back(saved["base"])) != base:
+        changed = [f"{s}.{k}" for s in base for k in base[s] if then.get(s, {}).get(k) != base[s][k]]
         raise InputError(f"study {name!r} in this storage was made from another config ({', '.join(changed)}); "
                          "rerun with the same --config/--set/--steps or use another --out/--storage")  # fmt: skip
     elif saved.get("sampler", attrs["sampler"])["kind"] != sampler:
         raise InputError(f"study {name!r} in this storage samples with {saved['sampler']['kind']}; "
                          f"rerun with --sampler {saved['sampler']['kind']} or use another --out/--storage")  # fmt: skip
     return study
+
+
+def _read_back(saved: dict) -> dict:
+    """A stored base config as this version writes it: renamed keys under their new names, new keys
+    at their defaults (a study outlives a release). Unreadable: as stored, so it compares unequal."""
+    try:
+        return config_from_dict(saved, source="the stored study").to_dict()
+    except InputError:
+        return saved
 
 
 def _count(study: optuna.Study, states) -> int:
