@@ -153,3 +153,20 @@ def test_the_bootstrap_interval_holds_the_ratio_and_is_exact_without_spread():
     low, high = bootstrap_ratio(mixed, slow, "step", resamples=500)
     point = time_to_target(mixed, mean_final(slow))[0] / 30
     assert low <= point <= high
+
+
+def test_a_rerun_with_another_base_config_is_refused_but_renamed_keys_are_read_back(tmp_path, capsys):
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+    args = ["tune", "--out", str(tmp_path), "--optimizers", "adamw", "--trials", "1", "--seeds", "1",
+            "--steps", "5", *sets, "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    url = f"sqlite:///{tmp_path / 'study.sqlite3'}"
+    study = optuna.load_study(study_name="adamw", storage=url)
+    old = study.user_attrs["base"]
+    old["train"]["diagnostics_every"] = old["train"].pop("curvature_every")  # as an older release wrote it
+    study.set_user_attr("base", old)
+    assert main(args) == 0  # the same config under an old key's name: the study continues
+    capsys.readouterr()
+    assert main([*args, "--set", "optim.lr=0.005"]) == 2
+    err = capsys.readouterr().err
+    assert "study 'adamw' in this storage was made from another config (optim.lr)" in err and err.count("\n") == 1
