@@ -33,6 +33,7 @@ from hybrid.quantum import CircuitConfig, QuantumLayer
 
 QUANTUM_PLACES = ("head", "ffn", "none", "attn")
 CONTROLS = ("", "classical")
+PARAMETRIZATIONS = ("standard", "mup")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ModelConfig:
     quantum: str = "head"  # where circuits go: head (LM head), ffn (a block's MLP), attn (a block's attention), none
     quantum_blocks: str = ""  # ffn and attn: comma-separated block indices that get circuits, e.g. "0,1"; "": the last
     quantum_control: str = ""  # "classical": a parameter-matched MLP where each circuit would be; "": circuits
+    parametrization: str = "standard"  # standard, or mup (maximal update: hyperparameters transfer across n_embd)
+    base_width: int = 64  # mup: the n_embd at which mup equals standard (where the hyperparameters were tuned)
 
     def validate(self, prefix: str = "model.") -> ModelConfig:
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -54,6 +57,12 @@ class ModelConfig:
         check_number(f"{prefix}dropout", self.dropout, low=0, high=1, high_open=True)
         check_choice(f"{prefix}quantum", self.quantum, QUANTUM_PLACES)
         check_choice(f"{prefix}quantum_control", self.quantum_control, CONTROLS)
+        check_choice(f"{prefix}parametrization", self.parametrization, PARAMETRIZATIONS)
+        check_number(f"{prefix}base_width", self.base_width, low=1, integer=True)
+        if self.parametrization == "mup" and self.base_width % self.n_head:
+            raise InputError(f"{prefix}base_width ({self.base_width}) must be a multiple of {prefix}n_head "
+                             f"({self.n_head}) under mup (the base head size sets attention's 1/d scale); "
+                             f"use base_width={self.n_head * max(1, round(self.base_width / self.n_head))}")
         if self.n_embd % self.n_head:
             raise InputError(f"{prefix}n_embd ({self.n_embd}) must be a multiple of {prefix}n_head ({self.n_head})")
         if self.quantum_control and self.quantum == "none":
@@ -66,6 +75,11 @@ class ModelConfig:
                              f"{self.quantum}; leave quantum_blocks empty or use --quantum ffn or attn")  # fmt: skip
         self.block_indices(prefix)
         return self
+
+    @property
+    def width_mult(self) -> float:
+        """n_embd / base_width under mup (muP's width multiplier m), 1 under standard."""
+        return self.n_embd / self.base_width if self.parametrization == "mup" else 1.0
 
     def block_indices(self, prefix: str = "model.") -> list[int]:
         """The blocks that get circuits under ffn and attn: ``quantum_blocks`` parsed, or the last."""
@@ -101,9 +115,14 @@ def check_controls(cfg: ModelConfig, circuit: CircuitConfig) -> None:
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention; scores q.k / sqrt(d_head) under the standard parametrization,
+    q.k * sqrt(d_base) / d_head under mup (muP's 1/d scaling, equal to the standard at base_width)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        hs, base = cfg.n_embd // cfg.n_head, cfg.base_width // cfg.n_head
+        self.scale = math.sqrt(base) / hs if cfg.parametrization == "mup" else None  # None: SDPA's 1/sqrt(hs)
         self.query = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.key = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.value = nn.Linear(cfg.n_embd, cfg.n_embd)
@@ -117,7 +136,7 @@ class CausalSelfAttention(nn.Module):
         k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out(y)
 
@@ -194,14 +213,18 @@ class QuantumProjection(nn.Module):
         backend, execution: where the circuit runs (see ``QuantumLayer``).
         control: ``"classical"`` puts a ``ClassicalControl`` in the circuit's place.
         trainable: False freezes the circuit's (or the control's) weights at their initialization.
+        input_multiplier: ``x`` is multiplied by it before ``to_angles``: muP's readout multiplier
+            1 / width_mult, since ``to_angles`` maps the width to a fixed number of angles.
     """
 
     def __init__(
         self, in_features: int, out_features: int, circuit, backend: str = "default.qubit",
         execution: ExecutionConfig | None = None, *, control: str = "", trainable: bool = True,
+        input_multiplier: float = 1.0,
     ):  # fmt: skip
         super().__init__()
         check_choice("control", control, CONTROLS)
+        self.input_multiplier = input_multiplier
         self.to_angles = nn.Linear(in_features, circuit.n_inputs)
         if control == "classical":
             self.circuit = ClassicalControl(circuit.n_inputs, circuit.n_outputs, math.prod(circuit.weight_shape))
@@ -218,6 +241,8 @@ class QuantumProjection(nn.Module):
         nn.init.zeros_(self.to_angles.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_multiplier != 1.0:
+            x = x * self.input_multiplier  # before the layer, so K-FAC's hooks see the input it multiplies
         angles = math.pi * torch.tanh(self.to_angles(x))  # (B, T, n_inputs), radians in (-pi, pi)
         z = self.circuit(angles)  # (B, T, n_outputs), expectation values in [-1, 1]
         return self.from_circuit(z)  # (B, T, out_features)
@@ -232,8 +257,8 @@ class QuantumMLP(nn.Module):
     ):  # fmt: skip
         super().__init__()
         self.mlp = MLP(cfg)
-        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution,
-                                         control=control, trainable=trainable)  # fmt: skip
+        self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution, control=control,
+                                         trainable=trainable, input_multiplier=1 / cfg.width_mult)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.quantum(x)  # (B, T, C)
@@ -262,7 +287,7 @@ class QuantumSelfAttention(nn.Module):
         control: str = "", trainable: bool = True,
     ):  # fmt: skip
         super().__init__()
-        options = {"control": control, "trainable": trainable}
+        options = {"control": control, "trainable": trainable, "input_multiplier": 1 / cfg.width_mult}
         self.query = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
         self.key = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
         self.value = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution, **options)
@@ -333,11 +358,24 @@ class HybridGPT(nn.Module):
             blocks.append(Block(cfg, mlp, attn))
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.readout_multiplier = 1 / cfg.width_mult  # muP: the head's input; 1 under standard
         if cfg.quantum == "head":
-            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, *where, **options)
+            self.lm_head = QuantumProjection(cfg.n_embd, vocab_size, template, *where, **options,
+                                             input_multiplier=self.readout_multiplier)  # fmt: skip
         else:
             self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
         self.apply(self._init_weights)
+        if cfg.parametrization == "mup":  # variance 1 / fan_in: the standard's std 0.02 at base_width
+            with torch.no_grad():
+                for weight in self.hidden_matrices():
+                    weight.mul_(1 / math.sqrt(cfg.width_mult))  # rescaled, not redrawn: the same random stream
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The weights whose both dimensions grow with n_embd (attention's and the MLPs' projections):
+        under mup their initial std is 0.02 / sqrt(width_mult) and their Adam-like rates scale as
+        1 / width_mult. Embeddings, the readouts (lm_head, to_angles), biases and norms keep theirs."""
+        hidden = [m for block in self.blocks for m in block.modules() if isinstance(m, (CausalSelfAttention, MLP))]
+        return [lin.weight for m in hidden for lin in m.modules() if isinstance(lin, nn.Linear)]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -361,7 +399,10 @@ class HybridGPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
             x = block(x)  # (B, T, C)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        x = self.ln_f(x)
+        if self.cfg.quantum != "head" and self.readout_multiplier != 1.0:
+            x = x * self.readout_multiplier  # muP's readout multiplier, before the layer (K-FAC's hooks see it)
+        return self.lm_head(x)  # (B, T, V)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, n_new: int, temperature: float = 1.0, generator=None) -> torch.Tensor:
