@@ -262,7 +262,7 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
         zeros = np.zeros((min(tokens, cfg.optim.qng.metric_samples), program.n_angles))
         if kind == "none":
             return Cost(0, runtime.options.shots, 0.0)
-        estimate = (FidelityEstimate(program, cfg.optim.qng.qnspsa_step, None, torch.Generator().manual_seed(0))
+        estimate = (FidelityEstimate(program, cfg.optim.qng.fidelity_step, None, torch.Generator().manual_seed(0))
                     if kind == "qnspsa" else MetricEstimate(program))  # fmt: skip
         return runtime.cost(estimate.pubs(executor, runtime, zeros))
 

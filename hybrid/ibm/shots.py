@@ -130,17 +130,17 @@ class ShotExecutor:
 
     # -- QNG's metric, riding in the next training job ----------------------------------------------
 
-    def queue_metric(self, samples: int, generator, qnspsa_step: float | None = None) -> None:
-        """Queue the block-diagonal metric circuits (or, with ``qnspsa_step``, QN-SPSA's
+    def queue_metric(self, samples: int, generator, fidelity_step: float | None = None) -> None:
+        """Queue the block-diagonal metric circuits (or, with ``fidelity_step``, QN-SPSA's
         fidelity circuits) on the next recorded forward job, at ``samples`` of its inputs
         drawn with ``generator``; ``take_metric`` collects the result."""
         from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
 
         self.drop_metric()
-        if qnspsa_step is None:
+        if fidelity_step is None:
             self.riding_metric = MetricEstimate(self.program, samples, generator)
         else:
-            self.riding_metric = FidelityEstimate(self.program, qnspsa_step, samples, generator)
+            self.riding_metric = FidelityEstimate(self.program, fidelity_step, samples, generator)
         self.extras.append(self.riding_metric)
 
     def take_metric(self) -> np.ndarray | None:

@@ -56,7 +56,7 @@ class QNGSettings:
     curvature_every: int = 1  # steps between metric refreshes; the metric is reused in between
     metric_samples: int = 64  # circuit inputs of the latest batch the metric is averaged over
     metric: str = "exact"  # exact (the backend's default method), estimator, or qnspsa (averaged over refreshes)
-    qnspsa_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
+    fidelity_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
 
     def validate(self, prefix: str = "optim.qng.") -> QNGSettings:
         """Raise InputError naming ``prefix + key`` for the first setting out of range."""
@@ -67,14 +67,14 @@ class QNGSettings:
         check_number(f"{prefix}metric_samples", self.metric_samples, low=1, integer=True)
         check_choice(f"{prefix}approx", "full" if self.approx is None else self.approx, APPROX)
         check_choice(f"{prefix}metric", self.metric, METRICS)
-        check_number(f"{prefix}qnspsa_step", self.qnspsa_step, low=0, low_open=True, high=math.pi)
+        check_number(f"{prefix}fidelity_step", self.fidelity_step, low=0, low_open=True, high=math.pi)
         return self
 
     def preconditioner_kwargs(self) -> dict:
         """The keyword arguments of ``QNGPreconditioner``."""
         return {"damping": self.damping, "approx": self.approx, "curvature_every": self.curvature_every,
                 "metric_samples": self.metric_samples, "metric": self.metric,
-                "qnspsa_step": self.qnspsa_step}  # fmt: skip
+                "fidelity_step": self.fidelity_step}  # fmt: skip
 
 
 _DEFAULT = QNGSettings()
@@ -132,7 +132,7 @@ class QNGPreconditioner:
         seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
         method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
         metric: ``"exact"`` (``method``'s choice), ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
-        qnspsa_step: QN-SPSA's perturbation size of the weights.
+        fidelity_step: QN-SPSA's perturbation size of the weights.
 
     Raises:
         InputError: no layers, a module that is not a ``QuantumLayer``, a layer given twice, or
@@ -149,7 +149,7 @@ class QNGPreconditioner:
         seed: int | None = None,
         method: str | None = None,
         metric: str = _DEFAULT.metric,
-        qnspsa_step: float = _DEFAULT.qnspsa_step,
+        fidelity_step: float = _DEFAULT.fidelity_step,
     ):
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
@@ -157,12 +157,12 @@ class QNGPreconditioner:
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
         QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every, metric_samples=metric_samples,
-                    metric=metric, qnspsa_step=qnspsa_step).validate(prefix="")  # fmt: skip
+                    metric=metric, fidelity_step=fidelity_step).validate(prefix="")  # fmt: skip
         self.approx = check_approx(approx)
         self.damping = float(damping)
         self.curvature_every = curvature_every
         self.metric_samples = metric_samples
-        self.metric, self.qnspsa_step = metric, float(qnspsa_step)
+        self.metric, self.fidelity_step = metric, float(fidelity_step)
         self.method = "estimator" if metric == "estimator" else method
         if metric == "estimator" and not all(layer.backend.samples for layer in self.layers):
             name = next(layer.backend.name for layer in self.layers if not layer.backend.samples)
@@ -208,9 +208,9 @@ class QNGPreconditioner:
     def queue_estimates(self) -> None:
         """Queue the metric circuits (block-diagonal, or QN-SPSA's fidelities) of every layer
         on a Qiskit backend on its next training job, at ``metric_samples`` of that job's inputs."""
-        step = self.qnspsa_step if self.metric == "qnspsa" else None
+        step = self.fidelity_step if self.metric == "qnspsa" else None
         for layer in self._estimated():
-            layer.executor.queue_metric(self.metric_samples, self.generator, qnspsa_step=step)
+            layer.executor.queue_metric(self.metric_samples, self.generator, fidelity_step=step)
 
     def _estimated(self) -> list:
         """The layers whose metric is estimated on their (Qiskit) backend."""
@@ -276,10 +276,10 @@ class QNGPreconditioner:
                 from hybrid.ibm.metric import FidelityEstimate
 
                 angles = layer.program.angles(sample.double().cpu().numpy(), weights.cpu().numpy())
-                estimate = FidelityEstimate(layer.program, self.qnspsa_step, None, self.generator)
+                estimate = FidelityEstimate(layer.program, self.fidelity_step, None, self.generator)
                 raw = torch.from_numpy(estimate.estimate(layer.executor, angles)).to(layer.weights.device)
             else:
-                raw, _ = qnspsa_sample(layer.program, sample, weights, self.qnspsa_step, self.generator)
+                raw, _ = qnspsa_sample(layer.program, sample, weights, self.fidelity_step, self.generator)
         k = self.refreshes
         average = raw if k == 0 or index >= len(self.average) else (k * self.average[index] + raw) / (k + 1)
         if index < len(self.average):
