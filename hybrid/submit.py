@@ -90,7 +90,7 @@ def submit(args, overrides: dict, ibm=None) -> int:
     out, cfg, task, source = resolve_run(args, overrides)
     validate(cfg)
     backend = get_backend(cfg.circuit.backend)
-    if not backend.samples:
+    if not backend.engine.samples:
         raise InputError(f"hybrid submit runs on qiskit.aer, fake_<device> or ibm_<device>, not {backend.name}; "
                          "use hybrid train for simulators")  # fmt: skip
     if cfg.model.quantum == "none":
@@ -247,6 +247,7 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     gradient = Gradient.from_config(cfg.execution)
     qng = task == "train" and cfg.optim.roles()["circuit"] == "qng" and cfg.model.quantum != "none"
     metric_kind = ("qnspsa" if cfg.optim.qng.metric == "qnspsa" else "estimator") if qng else "none"
+    first_alone = qng and metric_kind != "qnspsa"  # the block-diagonal metric's first refresh goes alone
 
     def cost(pubs: list) -> Cost:
         estimate = runtime.cost(pubs)
@@ -276,12 +277,12 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
             runtime.check_limits(backend, Cost(step.circuits + refresh.circuits, step.shots,
                                                step.qpu_seconds + refresh.qpu_seconds))  # a step's job with its metric
             refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every)
-            if metric_kind == "estimator":  # the first refresh is a job of its own, later ones ride
-                first = metric_cost("estimator")
+            if first_alone:
+                first = metric_cost(metric_kind)
                 runtime.check_limits(backend, first)
                 rows.append(("QNG metric, first refresh", 1, first))
                 refreshes -= 1
-            metric_note = (f"; {refreshes} {'later ' * (metric_kind == 'estimator')}metric refreshes add "
+            metric_note = (f"; {refreshes} {'later ' * first_alone}metric refreshes add "
                            f"{refresh.circuits:,} circuits to their step's job")  # fmt: skip
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
         rows.append(("test batch, at the end", cfg.train.test_batches, batch_job(1)))
@@ -299,14 +300,14 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
               f"~{job.qpu_seconds:,.0f} s QPU")  # fmt: skip
         total_jobs, total_seconds = total_jobs + count, total_seconds + count * job.qpu_seconds
     if metric_note:
-        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - (metric_kind == "estimator")
+        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - first_alone
         total_seconds += refreshes * refresh.qpu_seconds
     qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
     print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
           f"mitigation adds to it){metric_note}")  # fmt: skip
     if task != "train":
         return
-    first = ", 2 at the first step (its QNG metric goes alone)" if metric_kind == "estimator" else ""
+    first = ", 2 at the first step (its QNG metric goes alone)" if first_alone else ""
     what = "parameter shifts" if gradient.method == "parameter-shift" else "SPSA perturbations"
     print(f"jobs per step: 1{first} (forward, {what} and QNG metric of the batch in one job)")
     # one step's job for every gradient and metric choice, this run's marked with *

@@ -37,6 +37,7 @@ A step costs 1 + 2R circuits per input instead of 1 + 2S.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Protocol
@@ -111,7 +112,7 @@ class ShotExecutor:
 
     Attributes:
         extras: providers whose PUBs join the next forward job that autograd records, then
-            are removed (QNG adds its metric circuits here each time it wants a metric).
+            are removed (``hybrid.executors.QiskitExecutor.queue_metric`` adds QNG's metric circuits here).
         last_result: the latest job's ``JobResult`` (evs and standard errors of each PUB).
     """
 
@@ -125,37 +126,11 @@ class ShotExecutor:
         self.label = _program_label(program)
         self.extras: list[PubProvider] = []
         self.last_result: JobResult | None = None
-        self.observables = qiskit_observables(program)
-        self.riding_metric = None  # the MetricEstimate queued by queue_metric, until taken or dropped
 
-    # -- QNG's metric, riding in the next training job ----------------------------------------------
-
-    def queue_metric(self, samples: int, generator, fidelity_step: float | None = None) -> None:
-        """Queue the block-diagonal metric circuits (or, with ``fidelity_step``, QN-SPSA's
-        fidelity circuits) on the next recorded forward job, at ``samples`` of its inputs
-        drawn with ``generator``; ``take_metric`` collects the result."""
-        from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
-
-        self.drop_metric()
-        if fidelity_step is None:
-            self.riding_metric = MetricEstimate(self.program, samples, generator)
-        else:
-            self.riding_metric = FidelityEstimate(self.program, fidelity_step, samples, generator)
-        self.extras.append(self.riding_metric)
-
-    def take_metric(self) -> np.ndarray | None:
-        """The (P, P) metric the queued estimate brought back, or None when none rode in a job
-        (none was queued, or the job has not been sent: then it is unqueued)."""
-        estimate, self.riding_metric = self.riding_metric, None
-        if estimate is not None and estimate.metric is not None:
-            return estimate.metric
-        if estimate is not None and estimate in self.extras:
-            self.extras.remove(estimate)
-        return None
-
-    def drop_metric(self) -> None:
-        """Unqueue a metric estimate that has not been sent."""
-        self.take_metric()
+    @functools.cached_property
+    def observables(self) -> list:
+        """One ``SparsePauliOp`` per output (Qiskit is imported on first use)."""
+        return qiskit_observables(self.program)
 
     def runtime(self) -> Runtime:
         return current_runtime(self.options)
@@ -166,7 +141,9 @@ class ShotExecutor:
         label = f"{self.label}/{name}"
         return runtime.isa(self.backend, self.noise, angle_circuit(self.program, gates), label, self.label)
 
-    def run(self, angles: np.ndarray, shift: np.ndarray | None, purpose: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_angles(
+        self, angles: np.ndarray, shift: np.ndarray | None, purpose: str,
+    ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         """Expectation values (N, n_outputs) at gate angles (N, n_angles) and, when ``shift``
         (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift
         or its SPSA estimate (``gradient``), all in one job."""
@@ -219,7 +196,7 @@ class ShotExecutor:
 class _ShiftExpectation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, angles, executor, shift, purpose):
-        values, jacobian = executor.run(angles.detach().cpu().numpy().astype(np.float64), shift, purpose)
+        values, jacobian = executor.run_angles(angles.detach().cpu().numpy().astype(np.float64), shift, purpose)
         ctx.save_for_backward(torch.as_tensor(jacobian if jacobian is not None else np.zeros(0)))
         return torch.as_tensor(values, dtype=angles.dtype, device=angles.device)
 
