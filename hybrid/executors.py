@@ -43,6 +43,7 @@ class Executor(Protocol):
     samples: bool  # circuits run as sampled jobs (shots, noise and execution options apply)
     batched: bool  # one call evaluates every input at once (memory grows with the batch)
     shots: int  # shots per circuit; 0 on exact executors
+    options: ExecutionOptions | None  # job options of a sampling executor; None on exact ones
 
     def run(self, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(N, n_inputs) angles, ``weight_shape`` weights -> (N, n_outputs) expectation values."""
@@ -80,7 +81,7 @@ def _compute_dtype(weights: torch.Tensor) -> torch.dtype:
 class _Verbs:
     """The verbs every executor shares: PennyLane fallbacks, the exact and PennyLane metrics."""
 
-    samples, batched, shots = False, False, 0
+    samples, batched, shots, options = False, False, 0, None
 
     def _setup(self, circuit, program: GateProgram | None, backend) -> None:
         self.circuit, self.program, self.backend = circuit, program, backend

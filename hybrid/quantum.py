@@ -152,6 +152,11 @@ class QuantumLayer(nn.Module):
         return self.executor.shots
 
     @property
+    def options(self):
+        """The ``hybrid.ibm.jobs.ExecutionOptions`` of a sampling backend; None on exact ones."""
+        return self.executor.options
+
+    @property
     def n_inputs(self) -> int:
         return self.circuit.n_inputs
 
