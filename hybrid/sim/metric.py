@@ -38,22 +38,24 @@ def check_approx(approx: str | None) -> str | None:
 def exact_metric(program: GateProgram, inputs: torch.Tensor, weights: torch.Tensor, approx: str | None) -> torch.Tensor:
     """The metric from exact states: (N, n_inputs) inputs, ``weight_shape`` weights -> (P, P).
 
-    Each weight-dependent gate R(theta) = exp(-i theta G) has d/dtheta R(theta) = R(theta + pi) / 2
-    for Pauli rotations (G = P/2) and i (R(theta) - R(theta + pi)) / 2 for PhaseShift, so the
+    Each weight-dependent gate R(theta) = exp(-i theta G), G = P/2 + c I (``circuits.GATES``), has
+    R(theta + pi) = -i e^{-i pi c} P R(theta), so d/dtheta R = -i G R = e^{i pi c} R(theta + pi) / 2 - i c R
+    (R(theta + pi) / 2 for Pauli rotations, i (R - R(theta + pi)) / 2 for PhaseShift), so the
     Jacobian over gate angles is a combination of shifted states; all N * (K + 1) of them run as
     one batch. The metric over angles maps to the weights through the affine map's Jacobian C:
     g_w = C^T g_theta C. Computed in complex128.
     """
     approx = check_approx(approx)
     device = weights.device
-    trainable, shifted, is_phase, labels = _shift_program(program)
+    trainable, shifted, phase, labels = _shift_program(program)
     K, N = len(trainable), inputs.shape[0]
     if K == 0:  # no gate depends on the weights
         return torch.zeros(program.n_weights, program.n_weights, dtype=torch.float64, device=device)
     g = torch.zeros(K, K, dtype=torch.float64, device=device)
     shifts = torch.zeros(K + 1, K, dtype=torch.float64, device=device)
     shifts[1:] = math.pi * torch.eye(K, dtype=torch.float64, device=device)  # row 0: no shift
-    is_phase = torch.as_tensor(is_phase, device=device)
+    phase = torch.as_tensor(phase, dtype=torch.complex128, device=device)  # (K,) c of each generator
+    rotate = torch.exp(1j * math.pi * phase)  # (K,) e^{i pi c}
     chunk = max(1, MAX_CHUNK_AMPLITUDES // ((K + 1) * 2**program.n_qubits))
     for rows in inputs.to(device, torch.float64).split(chunk):  # chunks of samples, each one batch
         n = rows.shape[0]
@@ -61,7 +63,7 @@ def exact_metric(program: GateProgram, inputs: torch.Tensor, weights: torch.Tens
         states = final_state(shifted, batch.reshape(n * (K + 1), -1), weights.to(torch.float64))
         states = states.reshape(n, K + 1, -1)  # (n, 1 + K, 2^n_qubits)
         psi, moved = states[:, 0], states[:, 1:]  # (n, D), (n, K, D)
-        dpsi = torch.where(is_phase[:, None], 0.5j * (psi[:, None] - moved), 0.5 * moved)  # (n, K, D)
+        dpsi = 0.5 * rotate[:, None] * moved - 1j * phase[:, None] * psi[:, None]  # (n, K, D)
         overlap = torch.einsum("nkd,nd->nk", dpsi.conj(), psi)  # <d_k psi|psi>
         gram = torch.einsum("nkd,nld->kl", dpsi.conj(), dpsi)  # sum_n <d_k psi|d_l psi>
         g += (gram - torch.einsum("nk,nl->kl", overlap, overlap.conj())).real
@@ -80,10 +82,7 @@ def exact_metric(program: GateProgram, inputs: torch.Tensor, weights: torch.Tens
 @lru_cache(maxsize=64)
 def _shift_program(program: GateProgram):
     """The program with one extra input per weight-dependent angle (the shift), and facts about
-    those angles: (angle indices (K,), shifted program, is PhaseShift (K,), layer labels (K,)).
-
-    "Is PhaseShift": the gate's generator P/2 + c I has c != 0 (``circuits.GATES``), so its
-    derivative from the state shifted by pi is i (R - R(theta + pi)) / 2, not R(theta + pi) / 2.
+    those angles: (angle indices (K,), shifted program, generator phases c (K,), layer labels (K,)).
     """
     trainable = np.flatnonzero(program.weight_angles)
     K = len(trainable)
@@ -96,8 +95,8 @@ def _shift_program(program: GateProgram):
         observables=(),
     )
     phase_of = {g.angle: GATES[g.name].phase for g in program.gates if g.angle is not None}
-    is_phase = np.array([phase_of[a] != 0 for a in trainable], dtype=bool)
-    return trainable, shifted, is_phase, layer_labels(program, trainable)
+    phases = np.array([phase_of[a] for a in trainable], dtype=float)
+    return trainable, shifted, phases, layer_labels(program, trainable)
 
 
 def layer_labels(program: GateProgram, trainable: np.ndarray) -> np.ndarray:
