@@ -1,7 +1,8 @@
 r"""A ``QuantumLayer``'s circuits as EstimatorV2 jobs, differentiated by parameter shift.
 
-For every gate angle :math:`\theta_j` (RX, RY, RZ, PhaseShift: generators with eigenvalues
-:math:`\pm\frac12`) the two-term rule is exact:
+Every gate angle :math:`\theta_j` is shifted by its gate's rule (``circuits.GATES[name].shift_rule``,
+``shift_table``); for RX, RY, RZ and PhaseShift (generators with eigenvalues :math:`c \pm \frac12`)
+it is the two-term rule:
 
 .. math:: \partial_{\theta_j} \langle O \rangle = \tfrac12\big(\langle O \rangle_{\theta + \frac\pi2 e_j}
           - \langle O \rangle_{\theta - \frac\pi2 e_j}\big)
@@ -45,7 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from circuits.gates import TWO_TERM
+from circuits.gates import GATES
 from circuits.program import GateProgram, qiskit_observables
 from hybrid.ibm.isa import angle_circuit
 from hybrid.ibm.jobs import ExecutionOptions, JobResult
@@ -83,6 +84,21 @@ def spsa_jacobian(plus: np.ndarray, minus: np.ndarray, delta: np.ndarray, c: flo
     theta +- c delta and the directions (N, R, n_angles): the mean over r of
     (plus - minus) / (2c) delta_r^T (1 / delta = delta for +-1 entries; 0 off the shifted angles)."""
     return np.einsum("nro,nra->noa", (plus - minus) / (2 * c), delta) / delta.shape[1]
+
+
+def shift_table(program: GateProgram, shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each shifted angle's gate's parameter-shift rule (``circuits.GATES[name].shift_rule``) as
+    coefficients (T, S) and angle moves (T, S, n_angles): d<O>/d theta_s = sum_t coefficients[t, s]
+    <O>(theta + moves[t, s]). T is the longest rule's length; shorter rules pad with zero terms."""
+    rule_of = {g.angle: GATES[g.name].shift_rule for g in program.gates if g.angle is not None}
+    rules = [rule_of[int(angle)] for angle in shifted]
+    terms = max(len(rule) for rule in rules)
+    coefficients = np.zeros((terms, len(shifted)))
+    moves = np.zeros((terms, len(shifted), program.n_angles))
+    for k, (angle, rule) in enumerate(zip(shifted, rules, strict=True)):
+        for t, (coefficient, shift) in enumerate(rule):
+            coefficients[t, k], moves[t, k, angle] = coefficient, shift
+    return coefficients, moves
 
 
 def rademacher(shape: tuple[int, ...], generator=None) -> np.ndarray:
@@ -161,10 +177,8 @@ class ShotExecutor:
             values = isa.values(spsa_angles(angles, delta, gradient.c))  # (N, 2, R, P)
             pubs.append(Pub("spsa", isa, observables, values[..., None, :], settings))
         elif len(shifted):
-            delta = np.zeros((2, len(shifted), angles.shape[1]))  # (2, S, n_angles)
-            for k, (_, shift_k) in enumerate(TWO_TERM):  # every parametric gate's rule (circuits.gates)
-                delta[k, np.arange(len(shifted)), shifted] = shift_k
-            values = isa.values(angles[:, None, None, :] + delta)  # (N, 2, S, P)
+            coefficients, delta = shift_table(self.program, shifted)  # (T, S), (T, S, n_angles)
+            values = isa.values(angles[:, None, None, :] + delta)  # (N, T, S, P)
             pubs.append(Pub("shifts", isa, observables, values[..., None, :], settings))
         extras: list[tuple[PubProvider, int]] = []
         if shift is not None:
@@ -187,9 +201,7 @@ class ShotExecutor:
             plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, R, n_outputs)
             jacobian = spsa_jacobian(plus, minus, delta, gradient.c)
         elif len(shifted):
-            plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, S, n_outputs)
-            (c_plus, _), (c_minus, _) = TWO_TERM
-            jacobian[:, :, shifted] = (c_plus * plus + c_minus * minus).transpose(0, 2, 1)
+            jacobian[:, :, shifted] = np.einsum("ts,ntso->nos", coefficients, result.evs[1])  # evs (N, T, S, n_outputs)
         return values, jacobian
 
 
