@@ -87,7 +87,7 @@ def test_exact_metric_of_the_new_row_matches_pennylane(layer, inputs):
     w = layer.weights.detach().reshape(-1)
     g = torch.zeros(6, 6, dtype=torch.float64)
     for x in inputs:
-        f = lambda v: torch.view_as_real(state(x, v.reshape(3, 2)))  # noqa: E731
+        f = lambda v, x=x: torch.view_as_real(state(x, v.reshape(3, 2)))  # noqa: E731
         jac = torch.autograd.functional.jacobian(f, w)  # (4, 2, 6)
         d = torch.complex(jac[:, 0], jac[:, 1])  # (4, 6)
         psi = state(x, w.reshape(3, 2))
@@ -113,5 +113,5 @@ def test_shift_rule_of_the_new_row_gives_pennylanes_gradient(layer, inputs):
     jacobian = np.einsum("ts,ntso->nos", coefficients, evs.numpy())  # (N, n_outputs, S)
     by_weights = jacobian @ program.weight_coeffs[shifted]  # (N, n_outputs, P)
     for n, x in enumerate(inputs):
-        ref = torch.autograd.functional.jacobian(lambda v: torch.stack(list(qnode("parameter-shift")(x, v))), w)
+        ref = torch.autograd.functional.jacobian(lambda v, x=x: torch.stack(list(qnode("parameter-shift")(x, v))), w)
         np.testing.assert_allclose(by_weights[n], ref.reshape(2, -1).numpy(), atol=1e-10, rtol=0)
