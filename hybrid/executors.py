@@ -26,6 +26,7 @@ from circuits import GateProgram, UnsupportedCircuit, compile_circuit
 from hybrid.errors import InputError
 from hybrid.ibm.jobs import ExecutionOptions
 from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
+from hybrid.ibm.runtime import Cost, Pub, Runtime, measurement_settings
 from hybrid.ibm.shots import Gradient, ShotExecutor, expectation
 from hybrid.sim import statevector
 from hybrid.sim.metric import check_approx, exact_metric
@@ -220,6 +221,29 @@ class QiskitExecutor(_Verbs, ShotExecutor):
     def fidelity_metric(self, angles: np.ndarray, step: float, generator) -> np.ndarray:
         """QN-SPSA's (P, P) estimate at (M, n_angles) angles, in a job of its own."""
         return FidelityEstimate(self.program, step, None, generator).estimate(self, angles)
+
+    # -- what submit's preview prints ------------------------------------------------------------
+
+    def job_cost(self, runtime: Runtime, inputs: int, per_input: int) -> Cost:
+        """One job of ``inputs`` circuit inputs with ``per_input`` parameter sets each."""
+        isa = self.isa(runtime)
+        settings = measurement_settings(isa.observables(self.observables))
+        return runtime.cost([Pub("preview", isa, [], np.zeros((inputs, per_input, 1, 0)), settings)])
+
+    def step_cost(self, runtime: Runtime, inputs: int, gradient: Gradient | None = None) -> Cost:
+        """One recorded training step's job over ``inputs`` inputs: forward and the gradient's
+        shifted circuits (``gradient``: this executor's by default), without QNG's metric."""
+        program = self.program
+        shifted = int(((program.input_coeffs != 0).any(axis=1) | (program.weight_coeffs != 0).any(axis=1)).sum())
+        return self.job_cost(runtime, inputs, (gradient or self.gradient).circuits_per_input(shifted))
+
+    def metric_cost(self, runtime: Runtime, inputs: int, fidelity_step: float | None = None) -> Cost:
+        """The circuits one QNG metric refresh at ``inputs`` inputs adds: the block-diagonal
+        estimate, or with ``fidelity_step`` QN-SPSA's fidelities."""
+        zeros = np.zeros((inputs, self.program.n_angles))
+        estimate = (FidelityEstimate(self.program, fidelity_step, None, torch.Generator().manual_seed(0))
+                    if fidelity_step is not None else MetricEstimate(self.program))  # fmt: skip
+        return runtime.cost(estimate.pubs(self, runtime, zeros))
 
     def qng_method(self, metric: str, method: str | None, approx: str | None) -> str:
         method = "estimator" if metric == "estimator" else (method or self.default_metric)
