@@ -120,7 +120,7 @@ _CACHE: dict = {}
 def _trace(circuit, inputs, weights):
     """Gate list and measurements of one evaluation, decomposed into ``GATE_SET``."""
     tape = qml.tape.make_qscript(circuit)(inputs, weights)
-    [tape], _ = qml.transforms.decompose(tape, gate_set=GATE_SET | set(IGNORED))
+    [tape], _ = qml.transforms.decompose(tape, gate_set=set(GATES) | set(IGNORED))  # read now: rows may be added
     ops = [op for op in tape.operations if op.name not in IGNORED]
     return ops, tape.measurements
 
@@ -135,8 +135,8 @@ def _compile(circuit) -> GateProgram:
     ops, measurements = _trace(circuit, input_probe, np.zeros(weight_shape))
     structure = [(op.name, tuple(op.wires)) for op in ops]
     for name, wires in structure:
-        if name not in GATE_SET:
-            raise UnsupportedCircuit(f"gate {name} does not decompose into {sorted(GATE_SET)}")
+        if name not in GATES:
+            raise UnsupportedCircuit(f"gate {name} does not decompose into {sorted(GATES)}")
         if any(not isinstance(w, (int, np.integer)) or not 0 <= w < n_qubits for w in wires):
             raise UnsupportedCircuit(f"wires must be 0..{n_qubits - 1}, found {wires} on {name}")
     parametric = [i for i, op in enumerate(ops) if op.num_params == 1]

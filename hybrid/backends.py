@@ -1,17 +1,18 @@
-"""Backends are one lookup table: name -> how circuits run, how they are differentiated, and
-how QNG's metric of their weights is computed.
+"""Backends are one lookup table: name -> the executor that runs circuits, differentiates them
+and computes QNG's metric of their weights.
 
-    executor "statevector": the batched torch simulator (hybrid.sim), exact, autograd gradients,
-                            CPU or CUDA; PennyLane's QNode is the fallback for circuits it
-                            cannot compile.
-    executor "qnode":       a PennyLane QNode on ``device`` with ``diff_method``.
-    executor "qiskit":      EstimatorV2 jobs built from the compiled program (hybrid.ibm):
-                            sampled expectation values, parameter-shift gradients; ``service``
-                            says where the jobs run.
+    StatevectorExecutor: the batched torch simulator (hybrid.sim), exact, autograd gradients,
+                         CPU or CUDA, exact metric; PennyLane's QNode is the fallback for
+                         circuits it cannot compile.
+    QNodeExecutor:       a PennyLane QNode on ``device`` with ``diff_method``; PennyLane's
+                         metric_tensor transform.
+    QiskitExecutor:      EstimatorV2 jobs built from the compiled program (hybrid.ibm):
+                         sampled expectation values, parameter-shift gradients, the metric from
+                         generator covariances on the backend itself; ``service`` says where
+                         the jobs run.
 
-    metric "exact":     the state Jacobian on the torch simulator (hybrid.optim.metric)
-    metric "pennylane": PennyLane's metric_tensor transform on ``device``
-    metric "estimator": generator covariances estimated on the backend itself (hybrid.ibm.metric)
+Each row's ``engine`` (a class in ``hybrid.executors``) owns both verbs, running circuits and
+measuring the metric; ``Backend.build`` makes the one a layer holds.
 
 PennyLane's lightning devices do not broadcast: they run one circuit per input, so they are
 never the default for layers applied to every token. Rows whose name ends in ``<device>``
@@ -22,13 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.sim import statevector
+from hybrid.executors import Executor, QiskitExecutor, QNodeExecutor, StatevectorExecutor
+from hybrid.ibm.devices import check_noise, check_width, fake_backend_class
+from hybrid.ibm.jobs import ExecutionOptions
 
 
 @dataclass
@@ -70,60 +70,45 @@ class ExecutionConfig:
         if self.gradient == "spsa" and backend is not None and not backend.samples:
             raise InputError(f"{prefix}gradient='spsa' is for sampling backends (qiskit.aer, fake_*, ibm_*); "
                              f"{backend.name} differentiates exactly by autograd: drop --gradient spsa")  # fmt: skip
-        from hybrid.ibm.jobs import ExecutionOptions  # plain data; no Qiskit import
-
         ExecutionOptions.from_config(self)
         if backend is not None:
-            from hybrid.ibm.devices import check_noise, check_width
-
             check_noise(backend, self.noise)
             if n_qubits is not None:
                 check_width(backend, self.noise, n_qubits)
         return self
 
 
-def _run_statevector(layer, inputs: torch.Tensor) -> torch.Tensor:
-    return statevector.simulate(layer.program, inputs, layer.weights)  # (N, n_outputs)
-
-
-def _run_qiskit(layer, inputs: torch.Tensor) -> torch.Tensor:
-    from hybrid.ibm.shots import expectation  # Qiskit runtime imports only where they are used
-
-    return expectation(layer.executor, inputs, layer.weights)  # (N, n_outputs), one job
-
-
-def _run_qnode(layer, inputs: torch.Tensor) -> torch.Tensor:
-    return layer.run_qnode(inputs)  # (N, n_outputs)
-
-
 @dataclass(frozen=True)
 class Backend:
     name: str  # what the user asked for
-    executor: str  # "statevector", "qnode" or "qiskit"
+    engine: type  # the executor class (hybrid.executors) that runs this row's circuits
     device: str  # PennyLane device for QNode execution and metric-tensor transforms
     diff_method: str  # PennyLane gradient method on the QNode path
-    metric: str  # how QNG's metric is computed: "exact", "pennylane" or "estimator"
-    run: Callable = dataclasses.field(repr=False, compare=False)  # (layer, (N, n_inputs)) -> (N, n_outputs)
     exact: bool = True  # expectation values without shot noise
-    service: str = ""  # qiskit executor: "aer" (in process), "local" (runtime local testing mode), "ibm"
+    service: str = ""  # Qiskit engine: "aer" (in process), "local" (runtime local testing mode), "ibm"
 
     @property
     def samples(self) -> bool:
         """True when circuits run as sampled jobs (shots, noise and execution options apply)."""
-        return self.executor == "qiskit"
+        return self.engine.samples
+
+    def build(self, circuit, program, execution: ExecutionConfig) -> Executor:
+        """This row's executor for ``circuit`` (its compiled ``program``, or None) and ``execution``.
+
+        Raises:
+            InputError: a sampling engine gets a circuit that does not compile to gates.
+        """
+        return self.engine(circuit, program, self, execution)
 
 
 # Shot-based rows keep default.qubit as their PennyLane device: the QNode is the exact
 # reference there, never the execution path (PennyLane's qiskit.remote sends one job per circuit).
 BACKENDS = {
-    "default.qubit": Backend("default.qubit", "statevector", "default.qubit", "backprop", "exact", _run_statevector),
-    "lightning.qubit": Backend("lightning.qubit", "qnode", "lightning.qubit", "adjoint", "pennylane", _run_qnode),
-    "qiskit.aer": Backend("qiskit.aer", "qiskit", "default.qubit", "parameter-shift", "estimator", _run_qiskit,
-                          False, "aer"),
-    "fake_<device>": Backend("fake_<device>", "qiskit", "default.qubit", "parameter-shift", "estimator", _run_qiskit,
-                             False, "local"),
-    "ibm_<device>": Backend("ibm_<device>", "qiskit", "default.qubit", "parameter-shift", "estimator", _run_qiskit,
-                            False, "ibm"),
+    "default.qubit": Backend("default.qubit", StatevectorExecutor, "default.qubit", "backprop"),
+    "lightning.qubit": Backend("lightning.qubit", QNodeExecutor, "lightning.qubit", "adjoint"),
+    "qiskit.aer": Backend("qiskit.aer", QiskitExecutor, "default.qubit", "parameter-shift", False, "aer"),
+    "fake_<device>": Backend("fake_<device>", QiskitExecutor, "default.qubit", "parameter-shift", False, "local"),
+    "ibm_<device>": Backend("ibm_<device>", QiskitExecutor, "default.qubit", "parameter-shift", False, "ibm"),
 }  # fmt: skip
 
 
@@ -140,8 +125,6 @@ def get_backend(name: str) -> Backend:
         prefix = pattern.partition("<")[0]
         if "<" in pattern and name.startswith(prefix) and len(name) > len(prefix):
             if row.service == "local":
-                from hybrid.ibm.devices import fake_backend_class
-
                 fake_backend_class(name)  # raises InputError for an unknown device
             return dataclasses.replace(row, name=name)
     known = ", ".join(k.replace("<device>", "<device> (e.g. fake_manila)") if k.startswith("fake") else k

@@ -81,6 +81,7 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "optim.curvature_ema": ("optim.kfac.curvature_ema",), "optim.fisher": ("optim.kfac.fisher",),
     "optim.kl_clip": ("optim.kfac.kl_clip",), "optim.momentum": ("optim.kfac.momentum", "optim.qng.momentum"),
     **{f"optim.qng_{k}": (f"optim.qng.{k}",) for k in ("lr", "damping", "approx", "curvature_every", "metric_samples")},
+    "optim.qng.qnspsa_step": ("optim.qng.fidelity_step",),
     "train.diagnostics_every": ("train.curvature_every",),
 }  # fmt: skip
 

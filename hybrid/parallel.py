@@ -91,7 +91,7 @@ def check_world(cfg, size: int) -> None:
         raise InputError(f"train.batch_size={batch} does not split evenly over {size} processes; use a --batch-size "
                          f"divisible by {size} ({batch + size - batch % size}) or --nproc "
                          f"{' or '.join(map(str, divisors)) or 1}")  # fmt: skip
-    if cfg.model.quantum != "none" and get_backend(cfg.circuit.backend).samples:
+    if cfg.model.quantum != "none" and get_backend(cfg.circuit.backend).engine.samples:
         name = cfg.circuit.backend
         raise InputError(f"data-parallel training runs on simulators only, and {name} samples its circuits as "
                          "jobs (every rank would send its own); use --nproc 1, or hybrid submit")  # fmt: skip

@@ -21,7 +21,7 @@ from torch import nn
 from circuits import TEMPLATES, UnsupportedCircuit, compile_circuit, make_circuit
 from hybrid.backends import ExecutionConfig, get_backend
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.sim import statevector
+from hybrid.executors import Executor, available_bytes, state_bytes
 
 MEASUREMENTS = ("Z", "ZZ", "all")
 
@@ -65,9 +65,9 @@ class CircuitConfig:
             self.template()  # its own limits (outputs of measure="all"); nothing is compiled
         except ValueError as error:
             raise InputError(str(error)) from None
-        batch = batch if get_backend(self.backend).executor == "statevector" else 1
-        need = statevector.state_bytes(self.n_qubits, batch, torch.float32)
-        have = statevector.available_bytes(torch.device("cpu"))
+        batch = batch if get_backend(self.backend).engine.batched else 1
+        need = state_bytes(self.n_qubits, batch, torch.float32)
+        have = available_bytes(torch.device("cpu"))
         if need > have:
             raise InputError(
                 f"{self.name} on {batch} inputs needs about {format_bytes(need)} or more for its {self.n_qubits}-qubit "
@@ -84,7 +84,8 @@ class QuantumLayer(nn.Module):
     """Evaluate ``circuit`` on every row of the input with shared trainable ``weights``.
 
     All leading dimensions (batch, sequence) become one batch of circuit evaluations in a
-    single call. On ``default.qubit`` the circuit runs on the batched torch simulator
+    single call, run by the layer's ``executor`` (``hybrid.executors``, built by the backend row).
+    On ``default.qubit`` the circuit runs on the batched torch simulator
     (``hybrid.sim.statevector``): complex64 when the weights are float32 (or float16,
     bfloat16), complex128 after ``layer.double()``, on whatever device the weights live on;
     the output has the input's dtype. On ``qiskit.aer``,
@@ -137,18 +138,8 @@ class QuantumLayer(nn.Module):
             self.program = compile_circuit(circuit)
         except UnsupportedCircuit:
             pass  # run through PennyLane instead
+        self.executor: Executor = self.backend.build(circuit, self.program, execution)
         self.check_memory(batch=1)
-        self.options, self.noise, self._executor, self.gradient = None, "", None, None
-        if self.backend.samples:
-            from hybrid.ibm.jobs import ExecutionOptions  # plain data; no Qiskit import
-
-            if self.program is None:
-                raise InputError(f"{circuit!r} does not compile to gates, so it cannot run on {self.backend.name}; "
-                                 "use a template from circuits.TEMPLATES")  # fmt: skip
-            from hybrid.ibm.shots import Gradient  # plain data; Qiskit is imported where jobs are built
-
-            self.options, self.noise = ExecutionOptions.from_config(execution), execution.noise
-            self.gradient = Gradient.from_config(execution)
 
     @classmethod
     def from_config(cls, circuit: CircuitConfig, execution: ExecutionConfig | None = None) -> QuantumLayer:
@@ -158,16 +149,12 @@ class QuantumLayer(nn.Module):
     @property
     def shots(self) -> int:
         """Shots per circuit on a sampling backend; 0 on exact ones."""
-        return self.options.shots if self.options is not None else 0
+        return self.executor.shots
 
     @property
-    def executor(self):
-        """The ``hybrid.ibm.shots.ShotExecutor`` of a sampling backend (built on first use)."""
-        if self._executor is None:
-            from hybrid.ibm.shots import ShotExecutor
-
-            self._executor = ShotExecutor(self.program, self.backend, self.options, self.noise, self.gradient)
-        return self._executor
+    def options(self):
+        """The ``hybrid.ibm.jobs.ExecutionOptions`` of a sampling backend; None on exact ones."""
+        return self.executor.options
 
     @property
     def n_inputs(self) -> int:
@@ -180,7 +167,7 @@ class QuantumLayer(nn.Module):
     @property
     def uses_simulator(self) -> bool:
         """True when forward runs on the batched torch statevector simulator."""
-        return self.backend.executor == "statevector" and self.program is not None
+        return self.executor.batched and self.program is not None
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -208,39 +195,29 @@ class QuantumLayer(nn.Module):
             self.last_inputs = flat.detach()
         self.check_memory(batch=flat.shape[0])
         with torch.autocast(flat.device.type, enabled=False):  # autocast would run the simulator's GEMMs in 16 bits
-            if self.program is None and not self.backend.samples:
-                out = self.run_qnode(flat)  # (N, n_outputs): circuits the simulator cannot compile
-            else:
-                out = self.backend.run(self, flat)  # (N, n_outputs)
+            out = self.executor.run(flat, self.weights)  # (N, n_outputs)
         out = out.to(inputs.dtype if inputs.is_floating_point() else self.weights.dtype)
         return out.reshape(*lead, self.n_outputs)
 
     def qnode(self) -> qml.QNode:
         """The circuit as a PennyLane QNode on this backend (torch interface)."""
-        device = qml.device(self.backend.device, wires=self.circuit.n_qubits)
-        return qml.QNode(self.circuit, device, interface="torch", diff_method=self.backend.diff_method)
+        return self.executor.qnode()
 
     def run_qnode(self, inputs: torch.Tensor) -> torch.Tensor:
         """(N, n_inputs) -> (N, n_outputs) through PennyLane (broadcast over the rows)."""
-        dtype = self.compute_dtype
-        results = self.qnode()(inputs.to(dtype), self.weights.to(dtype))
-        out = torch.stack([torch.as_tensor(r).reshape(-1) for r in results], dim=-1)  # (N, n_outputs)
-        return out.to(dtype)
+        return self.executor.run_qnode(inputs, self.weights)
 
     def memory_bytes(self, batch: int, lower_bound: bool = False) -> int:
         """Estimated peak bytes of a forward and backward pass over ``batch`` inputs
         (with ``lower_bound``: just one batch of complex64 states)."""
         if lower_bound:
-            return statevector.state_bytes(self.circuit.n_qubits, batch, torch.float32)
-        if self.uses_simulator:
-            return statevector.estimate_bytes(self.program, batch, self.weights.dtype)
-        # PennyLane keeps a few complex128 states per broadcast row.
-        return 4 * statevector.state_bytes(self.circuit.n_qubits, batch, torch.float64)
+            return state_bytes(self.circuit.n_qubits, batch, torch.float32)
+        return self.executor.memory_bytes(batch, self.weights.dtype)
 
     def check_memory(self, batch: int, lower_bound: bool = False) -> None:
         """Raise InputError if ``batch`` evaluations would not fit in the free memory."""
         need = self.memory_bytes(batch, lower_bound)
-        have = statevector.available_bytes(self.weights.device)
+        have = available_bytes(self.weights.device)
         if need > have:
             raise InputError(
                 f"{self.circuit!r} on {batch} inputs needs about {format_bytes(need)} for its "

@@ -35,9 +35,9 @@ from hybrid.ibm.credentials import connect, scrub
 from hybrid.ibm.devices import check_noise
 from hybrid.ibm.jobs import ExecutionOptions, IBMService, LocalService
 from hybrid.ibm.journal import JOURNAL, Journal
-from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
-from hybrid.ibm.runtime import Cost, Pub, Runtime, measurement_settings
-from hybrid.ibm.shots import Gradient, ShotExecutor
+from hybrid.ibm.metric import MetricEstimate
+from hybrid.ibm.runtime import Cost, Runtime
+from hybrid.ibm.shots import Gradient
 from hybrid.models import HybridGPT
 from hybrid.quantum import QuantumLayer
 from hybrid.train import CHECKPOINT, evaluate, resume_config, train
@@ -90,7 +90,7 @@ def submit(args, overrides: dict, ibm=None) -> int:
     out, cfg, task, source = resolve_run(args, overrides)
     validate(cfg)
     backend = get_backend(cfg.circuit.backend)
-    if not backend.samples:
+    if not backend.engine.samples:
         raise InputError(f"hybrid submit runs on qiskit.aer, fake_<device> or ibm_<device>, not {backend.name}; "
                          "use hybrid train for simulators")  # fmt: skip
     if cfg.model.quantum == "none":
@@ -239,14 +239,14 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
         program = compile_circuit(cfg.circuit.template())
     except ValueError as error:
         raise InputError(str(error)) from None
-    executor = ShotExecutor(program, backend, runtime.options, cfg.execution.noise)
+    executor = backend.build(cfg.circuit.template(), program, cfg.execution)  # a QiskitExecutor
     isa = executor.isa(runtime)
-    settings = measurement_settings(isa.observables(executor.observables))
     tokens = cfg.train.batch_size * cfg.model.block_size
     shifted = int(((program.input_coeffs != 0).any(axis=1) | (program.weight_coeffs != 0).any(axis=1)).sum())
     gradient = Gradient.from_config(cfg.execution)
     qng = task == "train" and cfg.optim.roles()["circuit"] == "qng" and cfg.model.quantum != "none"
     metric_kind = ("qnspsa" if cfg.optim.qng.metric == "qnspsa" else "estimator") if qng else "none"
+    first_alone = qng and metric_kind != "qnspsa"  # the block-diagonal metric's first refresh goes alone
 
     def cost(pubs: list) -> Cost:
         estimate = runtime.cost(pubs)
@@ -254,34 +254,35 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
         return estimate
 
     def batch_job(per_input: int) -> Cost:
-        # a stand-in PUB of the job's shape: (tokens, per_input) parameter sets
-        return cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
+        estimate = executor.job_cost(runtime, tokens, per_input)  # (tokens, per_input) parameter sets
+        runtime.check_limits(backend, estimate)
+        return estimate
 
     def metric_cost(kind: str) -> Cost:
         """The circuits one metric refresh adds (QNG averages it over metric_samples inputs)."""
-        zeros = np.zeros((min(tokens, cfg.optim.qng.metric_samples), program.n_angles))
         if kind == "none":
             return Cost(0, runtime.options.shots, 0.0)
-        estimate = (FidelityEstimate(program, cfg.optim.qng.qnspsa_step, None, torch.Generator().manual_seed(0))
-                    if kind == "qnspsa" else MetricEstimate(program))  # fmt: skip
-        return runtime.cost(estimate.pubs(executor, runtime, zeros))
+        step = cfg.optim.qng.fidelity_step if kind == "qnspsa" else None
+        return executor.metric_cost(runtime, min(tokens, cfg.optim.qng.metric_samples), step)
 
     rows = []  # (what, jobs, circuits per job)
     metric_note, refresh = "", Cost(0, runtime.options.shots, 0.0)
     if task == "train":
         evaluations = len(set(range(0, cfg.train.steps, cfg.train.eval_every)) | {cfg.train.steps})
-        rows.append(("training step", cfg.train.steps, batch_job(gradient.circuits_per_input(shifted))))
+        step_job = executor.step_cost(runtime, tokens, gradient)
+        runtime.check_limits(backend, step_job)
+        rows.append(("training step", cfg.train.steps, step_job))
         if qng:
             refresh, step = metric_cost(metric_kind), rows[-1][2]
             runtime.check_limits(backend, Cost(step.circuits + refresh.circuits, step.shots,
                                                step.qpu_seconds + refresh.qpu_seconds))  # a step's job with its metric
             refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every)
-            if metric_kind == "estimator":  # the first refresh is a job of its own, later ones ride
-                first = metric_cost("estimator")
+            if first_alone:
+                first = metric_cost(metric_kind)
                 runtime.check_limits(backend, first)
                 rows.append(("QNG metric, first refresh", 1, first))
                 refreshes -= 1
-            metric_note = (f"; {refreshes} {'later ' * (metric_kind == 'estimator')}metric refreshes add "
+            metric_note = (f"; {refreshes} {'later ' * first_alone}metric refreshes add "
                            f"{refresh.circuits:,} circuits to their step's job")  # fmt: skip
         rows.append(("evaluation batch", 2 * cfg.train.eval_batches * evaluations, batch_job(1)))
         rows.append(("test batch, at the end", cfg.train.test_batches, batch_job(1)))
@@ -299,14 +300,14 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
               f"~{job.qpu_seconds:,.0f} s QPU")  # fmt: skip
         total_jobs, total_seconds = total_jobs + count, total_seconds + count * job.qpu_seconds
     if metric_note:
-        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - (metric_kind == "estimator")
+        refreshes = -(-cfg.train.steps // cfg.optim.qng.curvature_every) - first_alone
         total_seconds += refreshes * refresh.qpu_seconds
     qpu = f"~{total_seconds / 60:,.1f} QPU minutes on the device" if total_seconds else "no QPU time (simulator)"
     print(f"  in all: {total_jobs} job{'s' * (total_jobs != 1)}, {qpu} (gates, readout and repetition delay; "
           f"mitigation adds to it){metric_note}")  # fmt: skip
     if task != "train":
         return
-    first = ", 2 at the first step (its QNG metric goes alone)" if metric_kind == "estimator" else ""
+    first = ", 2 at the first step (its QNG metric goes alone)" if first_alone else ""
     what = "parameter shifts" if gradient.method == "parameter-shift" else "SPSA perturbations"
     print(f"jobs per step: 1{first} (forward, {what} and QNG metric of the batch in one job)")
     # one step's job for every gradient and metric choice, this run's marked with *
@@ -317,7 +318,7 @@ def _print_preview(cfg: Config, backend, task: str, runtime: Runtime) -> None:
     for method in ("parameter-shift", "spsa"):
         per_input = Gradient(method, gradient.resamplings, gradient.c).circuits_per_input(shifted)
         for kind in ("none", "estimator", "qnspsa"):
-            step = runtime.cost([Pub("preview", isa, [], np.zeros((tokens, per_input, 1, 0)), settings)])
+            step = executor.job_cost(runtime, tokens, per_input)
             extra = metric_cost(kind)
             mark = "*" if (method, kind) == (gradient.method, metric_kind) else " "
             print(f"  {mark} {method:16} {kind:10} {step.circuits + extra.circuits:>9,} "

@@ -151,7 +151,7 @@ def test_a_circuit_that_does_not_compile_uses_pennylane():
 def test_large_input_batches_are_chunked_without_changing_the_result(monkeypatch):
     layer, inputs = random_layer(circuits.DataReuploading(3, 2), n_inputs=7)
     whole = hybrid.metric_tensor(layer, inputs, None)
-    monkeypatch.setattr("hybrid.optim.metric.MAX_CHUNK_AMPLITUDES", 1)  # one input per chunk
+    monkeypatch.setattr("hybrid.sim.metric.MAX_CHUNK_AMPLITUDES", 1)  # one input per chunk
     torch.testing.assert_close(hybrid.metric_tensor(layer, inputs, None), whole, atol=1e-14, rtol=0)
 
 

@@ -105,7 +105,7 @@ def test_sampled_fidelities_on_aer_agree_with_exact_overlaps():
 def test_qng_averages_qnspsa_estimates_over_refreshes_and_keeps_them_psd():
     layer = QuantumLayer(circuits.HardwareEfficient(2, 2)).double()
     x = torch.rand(8, 2, dtype=torch.float64)
-    qng = QNGPreconditioner([layer], metric="qnspsa", approx="full", metric_samples=8, seed=3, qnspsa_step=0.01)
+    qng = QNGPreconditioner([layer], metric="qnspsa", approx="full", metric_samples=8, seed=3, fidelity_step=0.01)
     generator = torch.Generator().manual_seed(3)
     raws = []
     for _ in range(4):
@@ -139,5 +139,5 @@ def test_qnspsa_block_diag_keeps_the_blocks_of_the_exact_metric():
 def test_bad_qnspsa_settings():
     with pytest.raises(hybrid.InputError, match="optim.qng.metric must be one of exact, estimator, qnspsa"):
         QNGSettings(metric="spsa").validate()
-    with pytest.raises(hybrid.InputError, match="optim.qng.qnspsa_step must lie in"):
-        QNGSettings(qnspsa_step=-1).validate()
+    with pytest.raises(hybrid.InputError, match="optim.qng.fidelity_step must lie in"):
+        QNGSettings(fidelity_step=-1).validate()

@@ -180,7 +180,7 @@ def test_sigkill_after_submission_with_spsa_resumes_without_sending_a_job_twice(
     (["--set", "execution.spsa_c=0", "--gradient", "spsa"], "execution.spsa_c must lie in (0, 3.14159]"),
     (["--set", "execution.resamplings=3"], "apply to execution.gradient='spsa' only"),
     (["--gradient", "spsa", "--set", "optim.qng.metric=fisher"], "optim.qng.metric must be one of"),
-    (["--gradient", "spsa", "--set", "optim.qng.qnspsa_step=0"], "optim.qng.qnspsa_step must lie in"),
+    (["--gradient", "spsa", "--set", "optim.qng.fidelity_step=0"], "optim.qng.fidelity_step must lie in"),
 ])  # fmt: skip
 def test_bad_spsa_settings_fail_in_one_line_before_any_job(tmp_path, capsys, flags, message):
     out = tmp_path / "run"

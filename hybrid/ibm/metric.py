@@ -29,6 +29,7 @@ from circuits import GATES, GateProgram
 from circuits.program import qiskit_circuit
 from hybrid.ibm.jobs import JobResult
 from hybrid.ibm.runtime import Pub, measurement_settings
+from hybrid.ibm.shots import rademacher
 
 
 @dataclass(frozen=True)
@@ -220,8 +221,6 @@ class FidelityEstimate:
         self.metric = self.stderr = self.fidelities = self.directions = None
 
     def pubs(self, executor, runtime, angles: np.ndarray) -> list[Pub]:
-        from hybrid.ibm.shots import rademacher
-
         if self.max_inputs is not None and angles.shape[0] > self.max_inputs:
             import torch
 

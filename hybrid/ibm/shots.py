@@ -1,7 +1,8 @@
 r"""A ``QuantumLayer``'s circuits as EstimatorV2 jobs, differentiated by parameter shift.
 
-For every gate angle :math:`\theta_j` (RX, RY, RZ, PhaseShift: generators with eigenvalues
-:math:`\pm\frac12`) the two-term rule is exact:
+Every gate angle :math:`\theta_j` is shifted by its gate's rule (``circuits.GATES[name].shift_rule``,
+``shift_table``); for RX, RY, RZ and PhaseShift (generators with eigenvalues :math:`c \pm \frac12`)
+it is the two-term rule:
 
 .. math:: \partial_{\theta_j} \langle O \rangle = \tfrac12\big(\langle O \rangle_{\theta + \frac\pi2 e_j}
           - \langle O \rangle_{\theta - \frac\pi2 e_j}\big)
@@ -37,6 +38,7 @@ A step costs 1 + 2R circuits per input instead of 1 + 2S.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,7 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from circuits.gates import TWO_TERM
+from circuits.gates import GATES
 from circuits.program import GateProgram, qiskit_observables
 from hybrid.ibm.isa import angle_circuit
 from hybrid.ibm.jobs import ExecutionOptions, JobResult
@@ -84,6 +86,21 @@ def spsa_jacobian(plus: np.ndarray, minus: np.ndarray, delta: np.ndarray, c: flo
     return np.einsum("nro,nra->noa", (plus - minus) / (2 * c), delta) / delta.shape[1]
 
 
+def shift_table(program: GateProgram, shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each shifted angle's gate's parameter-shift rule (``circuits.GATES[name].shift_rule``) as
+    coefficients (T, S) and angle moves (T, S, n_angles): d<O>/d theta_s = sum_t coefficients[t, s]
+    <O>(theta + moves[t, s]). T is the longest rule's length; shorter rules pad with zero terms."""
+    rule_of = {g.angle: GATES[g.name].shift_rule for g in program.gates if g.angle is not None}
+    rules = [rule_of[int(angle)] for angle in shifted]
+    terms = max(len(rule) for rule in rules)
+    coefficients = np.zeros((terms, len(shifted)))
+    moves = np.zeros((terms, len(shifted), program.n_angles))
+    for k, (angle, rule) in enumerate(zip(shifted, rules, strict=True)):
+        for t, (coefficient, shift) in enumerate(rule):
+            coefficients[t, k], moves[t, k, angle] = coefficient, shift
+    return coefficients, moves
+
+
 def rademacher(shape: tuple[int, ...], generator=None) -> np.ndarray:
     """Independent +-1 entries, float64, from ``generator`` (torch's global one when None)."""
     return (torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) * 2 - 1).numpy()
@@ -111,7 +128,7 @@ class ShotExecutor:
 
     Attributes:
         extras: providers whose PUBs join the next forward job that autograd records, then
-            are removed (QNG adds its metric circuits here each time it wants a metric).
+            are removed (``hybrid.executors.QiskitExecutor.queue_metric`` adds QNG's metric circuits here).
         last_result: the latest job's ``JobResult`` (evs and standard errors of each PUB).
     """
 
@@ -125,37 +142,11 @@ class ShotExecutor:
         self.label = _program_label(program)
         self.extras: list[PubProvider] = []
         self.last_result: JobResult | None = None
-        self.observables = qiskit_observables(program)
-        self.riding_metric = None  # the MetricEstimate queued by queue_metric, until taken or dropped
 
-    # -- QNG's metric, riding in the next training job ----------------------------------------------
-
-    def queue_metric(self, samples: int, generator, qnspsa_step: float | None = None) -> None:
-        """Queue the block-diagonal metric circuits (or, with ``qnspsa_step``, QN-SPSA's
-        fidelity circuits) on the next recorded forward job, at ``samples`` of its inputs
-        drawn with ``generator``; ``take_metric`` collects the result."""
-        from hybrid.ibm.metric import FidelityEstimate, MetricEstimate
-
-        self.drop_metric()
-        if qnspsa_step is None:
-            self.riding_metric = MetricEstimate(self.program, samples, generator)
-        else:
-            self.riding_metric = FidelityEstimate(self.program, qnspsa_step, samples, generator)
-        self.extras.append(self.riding_metric)
-
-    def take_metric(self) -> np.ndarray | None:
-        """The (P, P) metric the queued estimate brought back, or None when none rode in a job
-        (none was queued, or the job has not been sent: then it is unqueued)."""
-        estimate, self.riding_metric = self.riding_metric, None
-        if estimate is not None and estimate.metric is not None:
-            return estimate.metric
-        if estimate is not None and estimate in self.extras:
-            self.extras.remove(estimate)
-        return None
-
-    def drop_metric(self) -> None:
-        """Unqueue a metric estimate that has not been sent."""
-        self.take_metric()
+    @functools.cached_property
+    def observables(self) -> list:
+        """One ``SparsePauliOp`` per output (Qiskit is imported on first use)."""
+        return qiskit_observables(self.program)
 
     def runtime(self) -> Runtime:
         return current_runtime(self.options)
@@ -166,7 +157,9 @@ class ShotExecutor:
         label = f"{self.label}/{name}"
         return runtime.isa(self.backend, self.noise, angle_circuit(self.program, gates), label, self.label)
 
-    def run(self, angles: np.ndarray, shift: np.ndarray | None, purpose: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_angles(
+        self, angles: np.ndarray, shift: np.ndarray | None, purpose: str,
+    ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         """Expectation values (N, n_outputs) at gate angles (N, n_angles) and, when ``shift``
         (n_angles,) bool is given, their Jacobian (N, n_outputs, n_angles) by parameter shift
         or its SPSA estimate (``gradient``), all in one job."""
@@ -184,10 +177,8 @@ class ShotExecutor:
             values = isa.values(spsa_angles(angles, delta, gradient.c))  # (N, 2, R, P)
             pubs.append(Pub("spsa", isa, observables, values[..., None, :], settings))
         elif len(shifted):
-            delta = np.zeros((2, len(shifted), angles.shape[1]))  # (2, S, n_angles)
-            for k, (_, shift_k) in enumerate(TWO_TERM):  # every parametric gate's rule (circuits.gates)
-                delta[k, np.arange(len(shifted)), shifted] = shift_k
-            values = isa.values(angles[:, None, None, :] + delta)  # (N, 2, S, P)
+            coefficients, delta = shift_table(self.program, shifted)  # (T, S), (T, S, n_angles)
+            values = isa.values(angles[:, None, None, :] + delta)  # (N, T, S, P)
             pubs.append(Pub("shifts", isa, observables, values[..., None, :], settings))
         extras: list[tuple[PubProvider, int]] = []
         if shift is not None:
@@ -210,16 +201,14 @@ class ShotExecutor:
             plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, R, n_outputs)
             jacobian = spsa_jacobian(plus, minus, delta, gradient.c)
         elif len(shifted):
-            plus, minus = result.evs[1][:, 0], result.evs[1][:, 1]  # (N, S, n_outputs)
-            (c_plus, _), (c_minus, _) = TWO_TERM
-            jacobian[:, :, shifted] = (c_plus * plus + c_minus * minus).transpose(0, 2, 1)
+            jacobian[:, :, shifted] = np.einsum("ts,ntso->nos", coefficients, result.evs[1])  # evs (N, T, S, n_outputs)
         return values, jacobian
 
 
 class _ShiftExpectation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, angles, executor, shift, purpose):
-        values, jacobian = executor.run(angles.detach().cpu().numpy().astype(np.float64), shift, purpose)
+        values, jacobian = executor.run_angles(angles.detach().cpu().numpy().astype(np.float64), shift, purpose)
         ctx.save_for_backward(torch.as_tensor(jacobian if jacobian is not None else np.zeros(0)))
         return torch.as_tensor(values, dtype=angles.dtype, device=angles.device)
 

@@ -53,7 +53,7 @@ def quantum_fisher(layer, inputs) -> torch.Tensor:
     Raises:
         InputError: as ``metric_tensor``.
     """
-    method = "exact" if layer.program is not None and layer.backend.samples else None  # the ideal state
+    method = "exact" if layer.program is not None and layer.executor.samples else None  # the ideal state
     return 4.0 * metric_tensor(layer, inputs, approx=None, method=method)
 
 
@@ -88,7 +88,7 @@ def classical_fisher(layer, inputs) -> torch.Tensor:
     Raises:
         InputError: a sampling (Qiskit) backend, or inputs of the wrong shape.
     """
-    if layer.backend.samples:
+    if layer.executor.samples:
         raise InputError(
             f"the classical Fisher needs measurement probabilities, which {layer.backend.name} only samples; "
             "compute it on default.qubit (the ideal state)"
@@ -135,7 +135,7 @@ def pullback_metric(model: nn.Module, layer, x: torch.Tensor, logits_fn=None) ->
     name = next((n for n, m in model.named_modules() if m is layer), None)
     if name is None:
         raise InputError("the layer is not a module of the model; pass the QuantumLayer the model holds")
-    if layer.backend.samples:
+    if layer.executor.samples:
         raise InputError(f"the pullback metric needs the exact circuit Jacobian, not {layer.backend.name}'s samples")
     logits_fn = logits_fn or lm_logits
     key = f"{name}.weights" if name else "weights"

@@ -33,7 +33,6 @@ from hybrid.optim.metric import (
     METRICS,
     absolute,
     check_approx,
-    default_method,
     layer_labels,
     metric_tensor,
     qnspsa_sample,
@@ -56,7 +55,7 @@ class QNGSettings:
     curvature_every: int = 1  # steps between metric refreshes; the metric is reused in between
     metric_samples: int = 64  # circuit inputs of the latest batch the metric is averaged over
     metric: str = "exact"  # exact (the backend's default method), estimator, or qnspsa (averaged over refreshes)
-    qnspsa_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
+    fidelity_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
 
     def validate(self, prefix: str = "optim.qng.") -> QNGSettings:
         """Raise InputError naming ``prefix + key`` for the first setting out of range."""
@@ -67,14 +66,14 @@ class QNGSettings:
         check_number(f"{prefix}metric_samples", self.metric_samples, low=1, integer=True)
         check_choice(f"{prefix}approx", "full" if self.approx is None else self.approx, APPROX)
         check_choice(f"{prefix}metric", self.metric, METRICS)
-        check_number(f"{prefix}qnspsa_step", self.qnspsa_step, low=0, low_open=True, high=math.pi)
+        check_number(f"{prefix}fidelity_step", self.fidelity_step, low=0, low_open=True, high=math.pi)
         return self
 
     def preconditioner_kwargs(self) -> dict:
         """The keyword arguments of ``QNGPreconditioner``."""
         return {"damping": self.damping, "approx": self.approx, "curvature_every": self.curvature_every,
                 "metric_samples": self.metric_samples, "metric": self.metric,
-                "qnspsa_step": self.qnspsa_step}  # fmt: skip
+                "fidelity_step": self.fidelity_step}  # fmt: skip
 
 
 _DEFAULT = QNGSettings()
@@ -132,7 +131,7 @@ class QNGPreconditioner:
         seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
         method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
         metric: ``"exact"`` (``method``'s choice), ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
-        qnspsa_step: QN-SPSA's perturbation size of the weights.
+        fidelity_step: QN-SPSA's perturbation size of the weights.
 
     Raises:
         InputError: no layers, a module that is not a ``QuantumLayer``, a layer given twice, or
@@ -149,7 +148,7 @@ class QNGPreconditioner:
         seed: int | None = None,
         method: str | None = None,
         metric: str = _DEFAULT.metric,
-        qnspsa_step: float = _DEFAULT.qnspsa_step,
+        fidelity_step: float = _DEFAULT.fidelity_step,
     ):
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
@@ -157,17 +156,14 @@ class QNGPreconditioner:
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
         QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every, metric_samples=metric_samples,
-                    metric=metric, qnspsa_step=qnspsa_step).validate(prefix="")  # fmt: skip
+                    metric=metric, fidelity_step=fidelity_step).validate(prefix="")  # fmt: skip
         self.approx = check_approx(approx)
         self.damping = float(damping)
         self.curvature_every = curvature_every
         self.metric_samples = metric_samples
-        self.metric, self.qnspsa_step = metric, float(qnspsa_step)
-        self.method = "estimator" if metric == "estimator" else method
-        if metric == "estimator" and not all(layer.backend.samples for layer in self.layers):
-            name = next(layer.backend.name for layer in self.layers if not layer.backend.samples)
-            raise InputError(f"optim.qng.metric='estimator' runs on Qiskit backends (qiskit.aer, fake_*, ibm_*), "
-                             f"not {name}; use metric='exact' or 'qnspsa'")  # fmt: skip
+        self.metric, self.fidelity_step = metric, float(fidelity_step)
+        # each layer's executor says which metric method this setting uses there, or refuses it
+        self.methods = [layer.executor.qng_method(metric, method, self.approx) for layer in self.layers]
         if metric == "qnspsa" and any(layer.program is None for layer in self.layers):
             raise InputError("optim.qng.metric='qnspsa' needs circuits that compile to gates (circuits.TEMPLATES); "
                              "use metric='exact'")  # fmt: skip
@@ -177,12 +173,6 @@ class QNGPreconditioner:
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
         self.calls = 0
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
-        on_qiskit = [layer for layer in self.layers if (self.method or default_method(layer)) == "estimator"]
-        if on_qiskit and self.approx is None and metric != "qnspsa":
-            raise InputError(
-                f"QNG's full metric cannot be estimated on {on_qiskit[0].backend.name}: "
-                "use approx='block-diag' (or 'diag') there, or metric='qnspsa'"
-            )
         if metric == "qnspsa":  # the first refresh rides in the first training job too
             self.queue_estimates()
 
@@ -190,8 +180,8 @@ class QNGPreconditioner:
         """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused).
 
         On a Qiskit backend the metric circuits of the next refresh ride in the training job
-        before it (``ShotExecutor.queue_metric``), so a QNG step sends one job, not two; a refresh
-        that finds no such estimate (the first one, or after a resume) sends its own job.
+        before it (``executor.queue_metric``; a no-op on exact executors), so a QNG step sends
+        one job, not two; a refresh that finds no such estimate (the first one, or after a resume) sends its own job.
         """
         if self.calls % self.curvature_every == 0:
             self.metrics = self.update_metrics()
@@ -208,15 +198,14 @@ class QNGPreconditioner:
     def queue_estimates(self) -> None:
         """Queue the metric circuits (block-diagonal, or QN-SPSA's fidelities) of every layer
         on a Qiskit backend on its next training job, at ``metric_samples`` of that job's inputs."""
-        step = self.qnspsa_step if self.metric == "qnspsa" else None
+        step = self.fidelity_step if self.metric == "qnspsa" else None
         for layer in self._estimated():
-            layer.executor.queue_metric(self.metric_samples, self.generator, qnspsa_step=step)
+            layer.executor.queue_metric(self.metric_samples, self.generator, fidelity_step=step)
 
     def _estimated(self) -> list:
         """The layers whose metric is estimated on their (Qiskit) backend."""
-        if self.metric == "qnspsa":
-            return [layer for layer in self.layers if layer.backend.samples]
-        return [layer for layer in self.layers if (self.method or default_method(layer)) == "estimator"]
+        return [layer for layer, method in zip(self.layers, self.methods, strict=True)
+                if layer.executor.estimates(self.metric, method)]  # fmt: skip
 
     def update_metrics(self) -> list[torch.Tensor]:
         """The metric of every layer on a fresh subsample of its latest inputs: [(P, P), ...].
@@ -228,7 +217,7 @@ class QNGPreconditioner:
         """
         metrics, shared = [], []
         estimated = self._estimated()
-        for layer in self.layers:
+        for layer, method in zip(self.layers, self.methods, strict=True):
             inputs = layer.last_inputs
             if inputs is None:
                 raise RuntimeError(
@@ -255,7 +244,7 @@ class QNGPreconditioner:
             n = layer.weights.numel()
             metric = torch.zeros(n, n, dtype=torch.float64, device=layer.weights.device)  # no rows drawn here
             if rows.numel():
-                metric = metric_tensor(layer, sample, self.approx, method=self.method) * (rows.numel() / drawn)
+                metric = metric_tensor(layer, sample, self.approx, method=method) * (rows.numel() / drawn)
             metrics.append(metric)
             shared.append(metric)
         sum_(shared)
@@ -273,13 +262,11 @@ class QNGPreconditioner:
             sample = inputs[rows.to(inputs.device)]  # (min(N, metric_samples), n_inputs)
             weights = layer.weights.detach().to(torch.float64)
             if on_backend:  # a resumed run whose queued estimate was not replayed: one job of its own
-                from hybrid.ibm.metric import FidelityEstimate
-
                 angles = layer.program.angles(sample.double().cpu().numpy(), weights.cpu().numpy())
-                estimate = FidelityEstimate(layer.program, self.qnspsa_step, None, self.generator)
-                raw = torch.from_numpy(estimate.estimate(layer.executor, angles)).to(layer.weights.device)
+                raw = layer.executor.fidelity_metric(angles, self.fidelity_step, self.generator)
+                raw = torch.from_numpy(raw).to(layer.weights.device)
             else:
-                raw, _ = qnspsa_sample(layer.program, sample, weights, self.qnspsa_step, self.generator)
+                raw, _ = qnspsa_sample(layer.program, sample, weights, self.fidelity_step, self.generator)
         k = self.refreshes
         average = raw if k == 0 or index >= len(self.average) else (k * self.average[index] + raw) / (k + 1)
         if index < len(self.average):

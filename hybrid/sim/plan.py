@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from circuits import GateProgram
+from circuits.gates import GATES, PAULIS
 
 _H = np.array([[1, 1], [1, -1]]) / math.sqrt(2)
 _S = np.diag([1, 1j])
@@ -35,13 +36,16 @@ _FIXED = {
     "PauliZ": np.diag([1, -1]), "S": _S, "T": np.diag([1, np.exp(1j * math.pi / 4)]),
     "SX": np.array([[1 + 1j, 1 - 1j], [1 - 1j, 1 + 1j]]) / 2,
 }  # fmt: skip
-_PAULI = {"RX": _FIXED["PauliX"], "RY": _FIXED["PauliY"], "RZ": _FIXED["PauliZ"]}
-# A data rotation is V diag(exp(i c0 x), exp(i c1 x)) V^dag: name -> (V or None, (c0, c1)).
-DATA_GATES = {
-    "RX": (_H, (-0.5, 0.5)), "RY": (_S @ _H, (-0.5, 0.5)), "RZ": (None, (-0.5, 0.5)),
-    "PhaseShift": (None, (0.0, 1.0)),
-}  # fmt: skip
+# V with P = V Z V^dag for each generator Pauli P (None: Z itself).
+_EIGENBASIS = {"X": _H, "Y": _S @ _H, "Z": None}
 MONOMIAL_GATES = ("CNOT", "SWAP", "CZ")
+
+
+def data_rotation(name: str) -> tuple[np.ndarray | None, tuple[float, float]]:
+    """A parametric gate exp(-i x G), G = P/2 + c I (``circuits.GATES``), as
+    V diag(exp(i c0 x), exp(i c1 x)) V^dag: (V or None, (c0, c1)) with c0 = -(c + 1/2), c1 = 1/2 - c."""
+    spec = GATES[name]
+    return _EIGENBASIS[spec.pauli], (-(spec.phase + 0.5), 0.5 - spec.phase)
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,17 @@ class OneQubit:
     @staticmethod
     def of(name: str, angle: int | None) -> OneQubit:
         zero = np.zeros((2, 2))
-        if name in _PAULI:  # exp(-i angle/2 P) = cos(angle/2) I - i sin(angle/2) P
-            return OneQubit(angle, 0.5, np.eye(2), -1j * _PAULI[name], zero)
-        if name == "PhaseShift":  # diag(1, exp(i angle))
-            return OneQubit(angle, 1.0, np.diag([0, 1]), np.diag([0, 1j]), np.diag([1, 0]))
-        return OneQubit.fixed(_FIXED[name])
+        spec = GATES[name]
+        if not spec.parametric:
+            return OneQubit.fixed(_FIXED[name])
+        pauli = PAULIS[spec.pauli]
+        if spec.phase == 0:  # exp(-i angle/2 P) = cos(angle/2) I - i sin(angle/2) P
+            return OneQubit(angle, 0.5, np.eye(2), -1j * pauli, zero)
+        if abs(spec.phase) == 0.5:  # G = sign Pi, Pi = (I + sign P)/2: keep + exp(-i sign angle) Pi
+            sign = 1.0 if spec.phase > 0 else -1.0  # PhaseShift: G = -|1><1|, diag(1, exp(i angle))
+            move = (np.eye(2) + sign * pauli) / 2
+            return OneQubit(angle, 1.0, move, -1j * sign * move, np.eye(2) - move)
+        raise ValueError(f"{name}: the simulator runs generators P/2 + c I with c in (0, +-1/2), not c={spec.phase}")
 
     @staticmethod
     def fixed(matrix: np.ndarray) -> OneQubit:
@@ -222,7 +232,7 @@ def compile_plan(program: GateProgram, columns: int = 1, itemsize: int = 8) -> P
         if gate.angle is None or not data[gate.angle]:
             _add_one_qubit(steps, gates, w, OneQubit.of(gate.name, gate.angle))
             continue
-        basis, coefficients = DATA_GATES[gate.name]
+        basis, coefficients = data_rotation(gate.name)
         if basis is not None:
             _add_one_qubit(steps, gates, w, OneQubit.fixed(basis.conj().T))
         _place(steps, "diag", {w}).phases.setdefault(w, []).append((gate.angle, coefficients))
