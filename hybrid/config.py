@@ -22,7 +22,7 @@ from hybrid.checkpoint import atomic_write
 from hybrid.data import DataConfig
 from hybrid.errors import MAX_SEED, InputError, check_number
 from hybrid.models import ModelConfig, check_controls
-from hybrid.optim.registry import OptimConfig
+from hybrid.optim.registry import OptimConfig, check_mup
 from hybrid.quantum import CircuitConfig
 from hybrid.sinks import sink_names
 
@@ -193,6 +193,7 @@ def validate(cfg: Config) -> Config:
         cfg.circuit.validate(batch=cfg.train.batch_size * cfg.model.block_size)  # every token is one circuit
         cfg.execution.validate(get_backend(cfg.circuit.backend), cfg.circuit.n_qubits)
     check_controls(cfg.model, cfg.circuit)
+    check_mup(cfg.model.parametrization, cfg.optim)
     roles = cfg.optim.roles()
     circuit_optimizer = roles["circuit"]
     asked = bool(cfg.optim.circuit) or cfg.optim.name == "qng"  # other presets drop QNG on a classical model

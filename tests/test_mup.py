@@ -56,3 +56,66 @@ def test_mup_needs_a_base_width_the_heads_divide(capsys):
                  "--set", "model.base_width=66", "--quiet"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use base_width=64" in err
+
+
+def coordinates(width: int, parametrization: str, steps: int = 3, lr: float = 0.01) -> dict[str, float]:
+    """The RMS of every block's output, the attention and MLP outputs and the logits after
+    ``steps`` AdamW steps (the rows' muP rates), on one fixed batch: muP's coordinate check."""
+    from hybrid.optim import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_embd=width, n_head=4, n_layer=2, block_size=16, quantum="none",
+                      parametrization=parametrization, base_width=64)  # fmt: skip
+    net = HybridGPT(cfg, vocab_size=11)
+    optimizer = build_optimizer(net, OptimConfig(name="adamw", lr=lr, grad_clip=0.0, weight_decay=0.0))
+    idx = torch.arange(8 * 17).reshape(8, 17) % 11  # a pattern the model can learn
+    x, y = idx[:, :-1], idx[:, 1:]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x).reshape(-1, 11), y.reshape(-1)).backward()
+        optimizer.step()
+    rms, hooks = {}, []
+    for name, module in net.named_modules():
+        if name.count(".") == 1 and name.startswith("blocks.") or name.endswith((".attn", ".mlp")):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, out, name=name: rms.__setitem__(name, out.pow(2).mean().sqrt().item())))  # fmt: skip
+    with torch.no_grad():
+        rms["logits"] = net(x).pow(2).mean().sqrt().item()
+    for hook in hooks:
+        hook.remove()
+    return rms
+
+
+def test_the_coordinate_check_holds_under_mup_and_fails_under_standard():
+    widths = (32, 64, 128, 256, 512)
+    for parametrization, bounded in (("mup", True), ("standard", False)):
+        table = [coordinates(w, parametrization) for w in widths]
+        spread = {key: max(row[key] for row in table) / min(row[key] for row in table) for key in table[0]}
+        if bounded:
+            assert all(ratio < 2 for ratio in spread.values()), spread
+        else:  # the logits grow with the width under the standard parametrization
+            assert spread["logits"] > 2 and table[-1]["logits"] > table[0]["logits"], spread
+
+
+def test_mup_scales_adamw_and_muon_rates_and_refuses_second_order_rows(capsys):
+    from hybrid.optim import OptimConfig, build_optimizer
+
+    wide = model(256, "mup", "none")
+    groups = {g["name"]: g for g in build_optimizer(wide, OptimConfig(name="adamw", lr=0.01)).param_groups}
+    assert groups["adamw_hidden"]["lr"] == pytest.approx(0.0025) and groups["adamw_decay"]["lr"] == 0.01
+    assert len(groups["adamw_hidden"]["params"]) == len(wide.hidden_matrices())
+    groups = {g["name"]: g for g in build_optimizer(
+        wide, OptimConfig(name="muon", weight_decay_scaling="inverse_width")).param_groups}  # fmt: skip
+    assert groups["muon"]["lr"] == pytest.approx(OptimConfig().muon.lr / 2)  # match_rms_adamw: 1 / sqrt(4)
+    assert groups["muon"]["weight_decay"] == pytest.approx(0.01 / 4)
+    base = {g["name"]: g["lr"] for g in build_optimizer(model(64, "mup", "none"), OptimConfig()).param_groups}
+    standard = {g["name"]: g["lr"] for g in build_optimizer(model(64, "standard", "none"), OptimConfig()).param_groups}
+    assert base == standard  # at base_width nothing changes
+    with pytest.raises(InputError, match="no derived scaling for kfac yet"):
+        build_optimizer(wide, OptimConfig(name="kfac"))
+    assert main(["train", "--out", "/nonexistent/never", "--set", "model.parametrization=mup",
+                 "--optimizer", "eigen_adam", "--quiet"]) == 2  # fmt: skip
+    assert main(["train", "--out", "/nonexistent/never", "--set", "optim.weight_decay_scaling=inverse_width",
+                 "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert "eigen_adam" in err[0] and "under model.parametrization=mup only" in err[1]

@@ -246,4 +246,4 @@ def test_every_run_of_a_tune_study_uses_the_studys_tokenizer(tmp_path):
     tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False)
     study = (tmp_path / TOKENIZER).read_bytes()
     runs = sorted(tmp_path.glob("**/" + TOKENIZER))
-    assert len(runs) == 4 and all(p.read_bytes() == study for p in runs)  # the study's, 2 trials, 1 final
+    assert len(runs) == 5 and all(p.read_bytes() == study for p in runs)  # study, 2 trials, 2 finals

@@ -93,6 +93,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         muon: ``(params, options)``: ``torch.optim.Muon`` on these 2-D parameters with these
             keyword arguments (lr, momentum, ...), or None.
         train_rest: put AdamW on every trainable parameter of ``model`` nobody else owns.
+        hidden: ``(params, lr scale, weight-decay scale)``: AdamW's group ``adamw_hidden`` for
+            these matrices, at ``lr * lr scale`` and ``weight_decay * weight-decay scale`` (muP's
+            1 / width_mult on the hidden matrices); None: they join ``adamw_decay``.
 
     Raises:
         ValueError: tied weights, a parameter owned twice (the message names it), or a
@@ -110,6 +113,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         momentum: float = 0.0,
         muon: tuple[list[nn.Parameter], dict] | None = None,
         train_rest: bool = True,
+        hidden: tuple[list[nn.Parameter], float, float] | None = None,
     ):
         parts = [(row[0], row[1].params) for row in preconditioners] + ([("muon", muon[0])] if muon else [])
         trainable = trainable_parameters(model) if model is not None else {}
@@ -132,11 +136,16 @@ class HybridOptimizer(torch.optim.Optimizer):
             self.muon = torch.optim.Muon([{"params": list(muon[0]), "name": "muon"}], **muon[1])
         if train_rest:
             rest = parameter_groups(model, exclude=set(owner))
+            scaled = {id(p) for p in hidden[0]} if hidden else set()
+            rest["hidden"] = [(n, p) for n, p in rest["decay"] if id(p) in scaled]
+            rest["decay"] = [(n, p) for n, p in rest["decay"] if id(p) not in scaled]
+            lr_scale, decay_scale = hidden[1:] if hidden else (1.0, 1.0)
             groups = [
-                {"params": [p for _, p in rest[key]], "weight_decay": decay, "name": f"adamw_{key}"}
-                for key, decay in (("decay", weight_decay), ("no_decay", 0.0))
+                {"params": [p for _, p in rest[key]], "weight_decay": decay, "name": f"adamw_{key}", **extra}
+                for key, decay, extra in (("decay", weight_decay, {}), ("no_decay", 0.0, {}),
+                                          ("hidden", weight_decay * decay_scale, {"lr": lr * lr_scale}))
                 if rest[key]
-            ]
+            ]  # fmt: skip
             self.adamw = torch.optim.AdamW(groups, lr=lr, betas=betas) if groups else None
         params = [p for o in self._inner() for g in o.param_groups for p in g["params"]]
         if not params:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.models import QuantumProjection
+from hybrid.models import HybridGPT, QuantumProjection
 from hybrid.optim.eigen_adam import EigenAdamPreconditioner, EigenAdamSettings
 from hybrid.optim.kfac import KFACPreconditioner, KFACSettings
 from hybrid.optim.linear_layers import kfac_layers
@@ -63,6 +63,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
+    weight_decay_scaling: str = "none"  # model.parametrization=mup: "inverse_width" decays hidden matrices / width_mult
     kfac: KFACSettings = field(default_factory=KFACSettings)
     eigen_adam: EigenAdamSettings = field(default_factory=EigenAdamSettings)
     qng: QNGSettings = field(default_factory=QNGSettings)
@@ -86,6 +87,7 @@ class OptimConfig:
         check_number(f"{prefix}grad_clip", self.grad_clip, low=0)
         check_number(f"{prefix}warmup_steps", self.warmup_steps, low=0, integer=True)
         check_number(f"{prefix}min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_choice(f"{prefix}weight_decay_scaling", self.weight_decay_scaling, ("none", "inverse_width"))
         for name in dict.fromkeys(row.settings for row in ROWS.values()):  # every section, in use or not
             getattr(self, name).validate(prefix=f"{prefix}{name}.")
         return self
@@ -228,17 +230,74 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
             raise InputError(f"optimizer {roles['circuit']} needs a circuit in the model; "
                              "use --quantum head, ffn or attn, or another --optimizer")  # fmt: skip
         roles["circuit"] = "none"  # hybrid on a classical (or frozen-circuit) model: K-FAC + AdamW
+    width_mult, decay_scale, hidden = mup_scaling(model, cfg, roles)
     preconditioners, muon = [], None
     for name in roles.values():
         if name == "muon":
             m = cfg.muon
-            muon = (muon_params(model), {"lr": m.lr, "momentum": m.momentum, "nesterov": m.nesterov,
+            lr = m.lr * muon_lr_scale(width_mult, m.adjust_lr_fn)
+            muon = (muon_params(model), {"lr": lr, "momentum": m.momentum, "nesterov": m.nesterov,
                                          "ns_steps": m.ns_steps, "adjust_lr_fn": m.adjust_lr_fn,
-                                         "weight_decay": cfg.weight_decay})  # fmt: skip
+                                         "weight_decay": cfg.weight_decay * decay_scale})  # fmt: skip
         elif name != "none":
             preconditioners.append(ROWS[name].build(model, cfg))
     return HybridOptimizer(model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           betas=(cfg.beta1, cfg.beta2), muon=muon)  # fmt: skip
+                           betas=(cfg.beta1, cfg.beta2), muon=muon, hidden=hidden)  # fmt: skip
+
+
+def mup_scaling(model: nn.Module, cfg: OptimConfig, roles: dict[str, str]) -> tuple[float, float, tuple | None]:
+    """``(width_mult, weight-decay scale, AdamW's hidden group)`` for a ``model.parametrization =
+    "mup"`` model, else ``(1, 1, None)``.
+
+    The rules per row (Yang et al. 2022, Tensor Programs V, Table 3; the model holds the init and
+    the readout multipliers):
+    - AdamW: the hidden matrices (``HybridGPT.hidden_matrices``) at lr / width_mult, every other
+      parameter (embeddings, readouts after their 1 / width_mult multiplier, biases, norms) at lr;
+      with ``weight_decay_scaling = "inverse_width"`` their decay is also / width_mult.
+    - Muon (``muon_lr_scale``): muP's spectral condition asks a hidden matrix's update for an
+      operator norm of order sqrt(fan_out / fan_in), constant across widths here (every hidden
+      matrix keeps its aspect ratio). The orthogonalised update has operator norm 1; ``original``
+      scales it by sqrt(max(1, fan_out / fan_in)), a shape constant, so its rate stays put;
+      ``match_rms_adamw`` scales it by 0.2 sqrt(max(fan_out, fan_in)), which grows as
+      sqrt(width_mult), so its rate goes as 1 / sqrt(width_mult). (Not AdamW's 1 / width_mult:
+      AdamW's update of a hidden matrix is nearly low-rank, the orthogonalised one full-rank.)
+    - QNG and metric_adam: the circuit keeps its size under mup (only classical widths scale), and
+      its inputs are angles from a readout already scaled by the model: no change.
+    - K-FAC and eigen_adam: not derived here yet (second-order muP, Ishikawa and Karakida 2023,
+      scales damping and rates per layer); refused with one line.
+
+    Raises:
+        InputError: mup with a linear-layer preconditioner, or weight_decay_scaling without mup.
+    """
+    mup = isinstance(model, HybridGPT) and model.cfg.parametrization == "mup"
+    check_mup(model.cfg.parametrization if mup else "standard", cfg)
+    if not mup:
+        return 1.0, 1.0, None
+    m = model.cfg.width_mult
+    decay = 1 / m if cfg.weight_decay_scaling == "inverse_width" else 1.0
+    owned = {id(p) for p in muon_params(model)} if roles["linear"] == "muon" else set()
+    return m, decay, ([p for p in model.hidden_matrices() if id(p) not in owned], 1 / m, decay)
+
+
+def muon_lr_scale(width_mult: float, adjust_lr_fn: str) -> float:
+    """Muon's rate multiplier at ``width_mult`` under mup (see ``mup_scaling``): 1 for
+    ``original``, 1 / sqrt(width_mult) for ``match_rms_adamw``; 1 at the base width."""
+    return 1.0 if adjust_lr_fn == "original" else width_mult**-0.5
+
+
+def check_mup(parametrization: str, cfg: OptimConfig) -> None:
+    """The optimizer settings ``parametrization`` cannot take (``validate(cfg)`` and ``build_optimizer``).
+
+    Raises:
+        InputError: mup with a linear-layer preconditioner, or weight_decay_scaling without mup.
+    """
+    if parametrization != "mup" and cfg.weight_decay_scaling != "none":
+        raise InputError("optim.weight_decay_scaling=inverse_width scales with the width under "
+                         "model.parametrization=mup only; set it, or weight_decay_scaling=none")  # fmt: skip
+    linear = cfg.roles()["linear"]
+    if parametrization == "mup" and linear in ("kfac", "eigen_adam"):
+        raise InputError(f"model.parametrization=mup has no derived scaling for {linear} yet; "
+                         "use --optimizer adamw, muon or qng, or model.parametrization=standard")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
