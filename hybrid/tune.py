@@ -5,10 +5,11 @@ the shipped defaults as the first trial, finals on fresh seeds compared with tun
       study.sqlite3            the default storage (``--storage``: any Optuna database URL, or journal:FILE)
       tokenizer.json           with data.tokenizer = "bpe": trained once, given to every run of the study
       trials/<study>/<n>/      trial n of study <optimizer>, <optimizer>-1, ... (``hybrid train``'s layout)
-      best-<optimizer>.toml    the best trial's full config over its studies (``hybrid train --config`` runs it)
+      select/<optimizer>/<candidate>/seed<k>/  the defaults and each study's best on the other studies' tuning seeds
+      best-<optimizer>.toml    the selected config, lowest mean over the tuning seeds (``hybrid train --config``)
       final/<optimizer>/seed<k>/           the best config trained with the fresh train.seed = k
       final/<optimizer>-defaults/seed<k>/  the shipped defaults on the same seeds
-      best.md                  the tuning table, the finals against tuned AdamW, the search spaces and bracket check
+      best.md                  tuning, selection, finals against tuned AdamW, search spaces and bracket check
       history-<study>.png, importance-<study>.png, best-so-far.png
 
 Each study searches ``search_space(cfg.optim)`` with an explicitly configured sampler
@@ -129,8 +130,9 @@ def tune(
     the end), pruned early only when clearly worse than the median; trial 0 of the first study
     is the optimizer's shipped defaults, so tuning never reports a best worse than its start.
     An optimizer's score is the median over its studies of the best trial's final val loss.
-    Its best config over all studies then trains on ``seeds`` fresh seeds, and so do its
-    defaults, for the comparison in ``best.md``.
+    The config for the finals is chosen among the defaults and each study's best by the mean
+    over every study's tuning seed (``_select``); it then trains on ``seeds`` fresh seeds, and
+    so do its defaults, for the comparison in ``best.md``.
 
     Args:
         base: the config every trial starts from (``train.steps`` included); a trial sets
@@ -397,24 +399,65 @@ def _best(studies: list[optuna.Study]) -> tuple[optuna.Study, optuna.trial.Froze
 
 def _final(studies: list[optuna.Study], cfg: Config, seeds: int, out: Path, progress: bool,
            tokenizer: Path | None) -> dict:  # fmt: skip
-    """Write ``best-<name>.toml``, train it and the defaults on the fresh seeds (finished runs are kept)."""
+    """Select the best config on the tuning seeds (``_select``), write ``best-<name>.toml``, train
+    it and the defaults on the fresh seeds (finished runs are kept)."""
     name = cfg.optim.name
-    row = {"optimizer": name, "trial": None, "params": {}, "finals": [], "defaults": [],
+    row = {"optimizer": name, "trial": None, "params": {}, "finals": [], "defaults": [], "selection": [],
            "studies": [_study_summary(st) for st in studies]}  # fmt: skip
-    best = _best(studies)
-    if best is None:
+    if _best(studies) is None:
         return row  # every trial was pruned or failed: nothing to re-run
-    study, trial = best
-    best_cfg = apply_overrides(cfg, trial.params)
+    row["selection"] = _select(studies, cfg, out / "select" / name, progress, tokenizer)
+    chosen = min(row["selection"], key=lambda c: c["mean"])  # the defaults come first: a tie keeps them
+    best_cfg = apply_overrides(cfg, chosen["params"])
     save_config(best_cfg, out / f"best-{name}.toml")
     fresh = [cfg.train.seed + FRESH_SEED + k for k in range(seeds)]
-    row.update(trial=f"{study.study_name}#{trial.number}", params=trial.params,
+    row.update(trial=chosen["label"], params=chosen["params"],
                finals=_train_seeds(best_cfg, out / "final" / name, fresh, progress, tokenizer))  # fmt: skip
-    if trial.user_attrs.get("defaults"):
+    if chosen["defaults"]:
         row["defaults"] = row["finals"]  # the defaults won: the same runs
     else:
         row["defaults"] = _train_seeds(cfg, out / "final" / f"{name}-defaults", fresh, progress, tokenizer)
     return row
+
+
+def _select(studies: list[optuna.Study], cfg: Config, folder: Path, progress: bool, tokenizer: Path | None
+            ) -> list[dict]:  # fmt: skip
+    """The candidates for the finals, each scored on every tuning seed.
+
+    The candidates are the shipped defaults (trial 0 of the first study) and each study's best
+    trial; each trains on the tuning seed of every study (``train.seed + s``) it has no
+    complete trial on, under ``folder/<label>/seed<k>``, and its score is the mean final val
+    loss over those S seeds (a diverged run counts as infinite). The finals take the lowest
+    mean, so the selected config is never worse than the defaults on the tuning seeds, and a
+    best found on one lucky seed must hold on the others (with one study: the best trial).
+
+    Returns:
+        ``[{"label", "params", "defaults", "losses": [S floats], "mean"}]``, the defaults first.
+    """
+    first = studies[0].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    defaults = next((t for t in first if t.user_attrs.get("defaults")), None)
+    picks = [(studies[0], defaults)] if defaults is not None else []
+    picks += [best for best in (_best([st]) for st in studies) if best is not None]
+    candidates: dict[str, dict] = {}
+    for study, trial in picks:
+        label = "defaults" if trial.user_attrs.get("defaults") else f"{study.study_name}#{trial.number}"
+        entry = candidates.setdefault(label, {"label": label, "params": trial.params, "known": {},
+                                              "defaults": bool(trial.user_attrs.get("defaults"))})  # fmt: skip
+        if trial.state == TrialState.COMPLETE:
+            entry["known"][studies.index(study)] = trial.value if _finite(trial.value) else math.inf
+    for entry in candidates.values():
+        losses = []
+        for s in range(len(studies)):
+            if s in entry["known"]:
+                losses.append(entry["known"][s])
+                continue
+            run_cfg = apply_overrides(cfg, entry["params"])
+            (run,) = _train_seeds(run_cfg, folder / entry["label"].replace("#", "-"), [cfg.train.seed + s],
+                                  progress, tokenizer)  # fmt: skip
+            losses.append(run[-1]["val_loss"])
+        entry.update(losses=losses, mean=statistics.fmean(losses))
+        del entry["known"]
+    return list(candidates.values())
 
 
 def _train_seeds(cfg: Config, folder: Path, seeds: list[int], progress: bool, tokenizer: Path | None
@@ -494,7 +537,8 @@ def write_report(rows: list[dict], studies: dict[str, list[optuna.Study]], confi
         defaults = _defaults_value(studies[r["optimizer"]][0])
         lines.append(f"| {r['optimizer']} | {counts} | {per_study} | {score} | {defaults} | {r['trial'] or '-'} "
                      f"| {params} |")  # fmt: skip
-    lines += ["", *_finals_table(rows, configs), "", *_space_table(rows, configs), "",
+    lines += ["", *_selection_table(rows, configs), "", *_finals_table(rows, configs), "",
+              *_space_table(rows, configs), "",
               "Small-scale caveat: matrix optimizers' speedups over tuned AdamW shrink with model size "
               "(Wen et al. 2025, arXiv 2509.02046: 1.4x at 0.1B parameters, 1.1x at 1.2B); "
               "these models are far smaller."]  # fmt: skip
@@ -517,6 +561,23 @@ def _defaults_value(study: optuna.Study) -> str:
     if trial is None:
         return "-"
     return f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else "pruned"
+
+
+def _selection_table(rows: list[dict], configs: dict[str, Config]) -> list[str]:
+    """The candidates of each optimizer on the tuning seeds, the selected one in bold."""
+    seed = next(iter(configs.values())).train.seed
+    lines = ["## Selection on the tuning seeds", "",
+             "Candidates: the defaults and each study's best trial, each trained on every study's tuning seed "
+             f"(train.seed {seed} + study); the finals take the lowest mean final val loss, so the selected "
+             "config never loses to the defaults on these seeds.", "",
+             "| optimizer | candidate | mean | per tuning seed | params |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        for c in r.get("selection", []):
+            params = ", ".join(f"{k.removeprefix('optim.')}={v:.3g}" for k, v in c["params"].items())
+            label = f"**{c['label']}** (selected)" if c["label"] == r["trial"] else c["label"]
+            per_seed = ", ".join(f"{v:.4f}" for v in c["losses"])
+            lines.append(f"| {r['optimizer']} | {label} | {c['mean']:.4f} | {per_seed} | {params} |")
+    return lines
 
 
 def _finals_table(rows: list[dict], configs: dict[str, Config]) -> list[str]:

@@ -54,6 +54,23 @@ def test_the_defaults_are_trial_0_of_the_first_study_and_the_finals_use_fresh_se
     assert "## Finals on fresh seeds" in text and "Small-scale caveat" in text
 
 
+def test_the_finals_take_the_candidate_with_the_lowest_mean_over_the_tuning_seeds(tmp_path):
+    base = apply_overrides(Config(), {**TINY, "train.steps": 10})
+    (row,) = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, studies=2)
+    first, second = study_trials(tmp_path, "adamw"), study_trials(tmp_path, "adamw-1")
+    selection = row["selection"]
+    assert selection[0]["label"] == "defaults" and selection[0]["losses"][0] == first[0].value  # reused, not rerun
+    assert all(len(c["losses"]) == 2 for c in selection)  # every candidate on both tuning seeds
+    best_second = min(t.value for t in second)
+    assert any(c["losses"][1] == best_second for c in selection)  # study 1's best, on its own seed
+    chosen = next(c for c in selection if c["label"] == row["trial"])
+    assert chosen["mean"] == min(c["mean"] for c in selection) <= selection[0]["mean"]
+    assert load_config(tmp_path / "best-adamw.toml").optim.lr == pytest.approx(chosen["params"]["optim.lr"])
+    reruns = {load_config(p).train.seed for p in (tmp_path / "select").glob("adamw/*/*/config.toml")}
+    assert reruns and reruns <= {base.train.seed, base.train.seed + 1}  # tuning seeds only, never a fresh one
+    assert "## Selection on the tuning seeds" in (tmp_path / "best.md").read_text()
+
+
 def test_every_presets_defaults_lie_inside_its_search_space():
     for name in PRESETS:
         cfg = apply_overrides(Config(), {"optim.name": name})
