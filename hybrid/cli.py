@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--studies", type=int, default=1,
                       help="independent studies per optimizer (AlgoPerf: 5); the score is the median of their bests")
     tune.add_argument("--sampler", default="qmc", help="qmc (scrambled Sobol, quasi-random) or tpe (multivariate)")
+    tune.add_argument("--keys", default="", help="comma-separated keys: search only these of each optimizer's "
+                      "space, the rest at the base config's values (default: the whole space)")
     tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     tune.add_argument("--seeds", type=int, default=5,
                       help="fresh seeds of the final runs of each best config and of its defaults")
@@ -272,7 +274,7 @@ def run_tune(args: argparse.Namespace) -> int:
     base = _base_config(args)
     optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
     tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet,
-         studies=args.studies, sampler=args.sampler)
+         studies=args.studies, sampler=args.sampler, keys=tuple(k.strip() for k in args.keys.split(",") if k.strip()))
     print(f"table: {args.out / TABLE}, best configs: {args.out}/best-<optimizer>.toml")
     return 0
 

@@ -121,6 +121,7 @@ def study_name(optimizer: str, index: int) -> str:
 def tune(
     base: Config, optimizers: list[str], trials: int, seeds: int, out: str | Path, storage: str | None = None,
     progress: bool = True, pruner: optuna.pruners.BasePruner | None = None, studies: int = 1, sampler: str = "qmc",
+    keys: tuple[str, ...] = (),
 ) -> list[dict]:  # fmt: skip
     """Run this worker's share of the studies, then the finals on fresh seeds, the table and plots.
 
@@ -147,6 +148,9 @@ def tune(
         sampler: ``qmc`` (scrambled Sobol points, quasi-random as AlgoPerf's) or ``tpe``
             (multivariate TPE with the constant liar); their arguments are written out in
             ``sampler_for``, not left to Optuna's defaults, and stored with each study.
+        keys: search only these keys of each optimizer's space, the others staying at the
+            base config's values (the circuit arms: the circuit row's keys, the linear layers
+            at their tuned best from ``--config``); empty: the whole space.
 
     Returns:
         One row per optimizer: per-study bests, the best params, the final val losses of the
@@ -157,13 +161,13 @@ def tune(
             search space included) or unreachable storage, all before any trial runs.
     """
     out = Path(out)
-    configs = _check(base, optimizers, trials, seeds, studies, sampler)
+    configs, spaces = _check(base, optimizers, trials, seeds, studies, sampler, keys)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{out.resolve() / STORAGE}"
     db = open_storage(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=base.train.eval_every)
-    plan = {(name, s): _load_study(db, study_name(name, s), _tuning_config(cfg, s), pruner, sampler, s)
+    plan = {(name, s): _load_study(db, study_name(name, s), _tuning_config(cfg, s), pruner, sampler, s, spaces[name])
             for name, cfg in configs.items() for s in range(studies)}  # fmt: skip
     tokenizer = prepare_tokenizer(base.data, out / TOKENIZER)  # a BPE is trained once: every run of the study uses it
     finished = sum(_count(st, (TrialState.COMPLETE, TrialState.PRUNED)) for st in plan.values())
@@ -171,7 +175,7 @@ def tune(
     try:
         while True:  # round-robin: one trial per study per round, while there is budget
             ran = [_run_trial(st, _tuning_config(configs[name], s), out / "trials" / st.study_name, trials, bar,
-                              tokenizer, s == 0, sampler)
+                              tokenizer, s == 0, sampler, spaces[name])
                    for (name, s), st in plan.items()]  # fmt: skip
             if any(ran):
                 continue
@@ -183,12 +187,12 @@ def tune(
         bar.close()
     by_optimizer = {name: [plan[name, s] for s in range(studies)] for name in configs}
     rows = [_final(group, configs[name], seeds, out, progress, tokenizer) for name, group in by_optimizer.items()]
-    write_report(rows, by_optimizer, configs, out, trials)
+    write_report(rows, by_optimizer, configs, spaces, out, trials)
     return rows
 
 
-def _check(base: Config, optimizers: list[str], trials: int, seeds: int, studies: int, sampler: str
-           ) -> dict[str, Config]:  # fmt: skip
+def _check(base: Config, optimizers: list[str], trials: int, seeds: int, studies: int, sampler: str,
+           keys: tuple[str, ...]) -> tuple[dict[str, Config], dict[str, dict]]:  # fmt: skip
     unknown = [name for name in optimizers if name not in PRESETS]
     if unknown or not optimizers:
         raise InputError(f"unknown optimizer {', '.join(unknown) or '(none given)'}; "
@@ -202,11 +206,25 @@ def _check(base: Config, optimizers: list[str], trials: int, seeds: int, studies
     configs = {name: validate(apply_overrides(base, {"optim.name": name})) for name in dict.fromkeys(optimizers)}
     if base.train.seed + FRESH_SEED + seeds - 1 > MAX_SEED:
         raise InputError(f"train.seed {base.train.seed} leaves no room for the finals' fresh seeds; use a smaller seed")
-    for cfg in configs.values():  # the corners of the space must be valid configs too
-        space = search_space(cfg.optim)
+    spaces = {name: tuned_space(cfg, keys) for name, cfg in configs.items()}
+    for name, cfg in configs.items():  # the corners of the space must be valid configs too
         for corner in (0, 1):
-            validate(apply_overrides(cfg, {key: bounds[corner] for key, bounds in space.items()}))
-    return configs
+            validate(apply_overrides(cfg, {key: bounds[corner] for key, bounds in spaces[name].items()}))
+    return configs, spaces
+
+
+def tuned_space(cfg: Config, keys: tuple[str, ...] = ()) -> dict[str, tuple[float, float, bool]]:
+    """``search_space(cfg.optim)``, or its ``keys`` only.
+
+    Raises:
+        InputError: a key the optimizer's space does not search.
+    """
+    space = search_space(cfg.optim)
+    unknown = [key for key in keys if key not in space]
+    if unknown:
+        raise InputError(f"--keys {', '.join(unknown)}: not searched for {cfg.optim.name}; "
+                         f"choose from {', '.join(space)}")  # fmt: skip
+    return {key: space[key] for key in keys} if keys else space
 
 
 def _tuning_config(cfg: Config, index: int) -> Config:
@@ -249,13 +267,14 @@ def _sampler_seed(cfg: Config, index: int) -> int:
     return (cfg.train.seed * 7919 + index) % 2**32  # distinct per study; QMCSampler takes 32-bit seeds
 
 
-def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int) -> optuna.Study:
-    """The study ``name``, created on first use; one made from another base config or sampler is refused."""
+def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int, space: dict) -> optuna.Study:
+    """The study ``name``, created on first use; one made from another base config, sampler or
+    search space is refused."""
     seed = _sampler_seed(cfg, index)
     study = optuna.create_study(storage=db, study_name=name, sampler=sampler_for(sampler, seed), pruner=pruner,
                                 load_if_exists=True)  # fmt: skip
     base = cfg.to_dict()
-    attrs = {"base": base, "sampler": {"kind": sampler, "seed": seed}, "search_space": search_space(cfg.optim)}
+    attrs = {"base": base, "sampler": {"kind": sampler, "seed": seed}, "search_space": space}
     saved = study.user_attrs
     if "base" not in saved:
         for key, value in {**attrs, "optuna_version": optuna.__version__}.items():
@@ -264,6 +283,9 @@ def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int) ->
         changed = [f"{s}.{k}" for s in base for k in base[s] if then.get(s, {}).get(k) != base[s][k]]
         raise InputError(f"study {name!r} in this storage was made from another config ({', '.join(changed)}); "
                          "rerun with the same --config/--set/--steps or use another --out/--storage")  # fmt: skip
+    elif (then := saved.get("search_space")) is not None and then != {k: list(v) for k, v in space.items()}:
+        raise InputError(f"study {name!r} in this storage searched another space ({', '.join(then)}); "
+                         "rerun with the same --keys and version, or use another --out/--storage")  # fmt: skip
     elif saved.get("sampler", attrs["sampler"])["kind"] != sampler:
         raise InputError(f"study {name!r} in this storage samples with {saved['sampler']['kind']}; "
                          f"rerun with --sampler {saved['sampler']['kind']} or use another --out/--storage")  # fmt: skip
@@ -314,13 +336,13 @@ def _alive(pid: int) -> bool:
     return pid > 0
 
 
-def defaults_of(cfg: Config) -> dict[str, float]:
-    """The shipped value of every key ``hybrid tune`` searches for ``cfg``'s optimizer."""
-    return {key: float(functools.reduce(getattr, key.split("."), cfg)) for key in search_space(cfg.optim)}
+def defaults_of(cfg: Config, space: dict | None = None) -> dict[str, float]:
+    """``cfg``'s value of every key of ``space`` (default: all ``hybrid tune`` searches for its optimizer)."""
+    return {key: float(functools.reduce(getattr, key.split("."), cfg)) for key in space or search_space(cfg.optim)}
 
 
 def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar, tokenizer: Path | None,
-               first_study: bool, sampler: str) -> bool:  # fmt: skip
+               first_study: bool, sampler: str, space: dict) -> bool:  # fmt: skip
     """Run one trial of ``study`` if its budget has room. Returns whether it ran one."""
     recover(study)
     if _count(study, BUDGET_STATES) >= budget:
@@ -335,12 +357,12 @@ def _run_trial(study: optuna.Study, cfg: Config, folder: Path, budget: int, bar,
         if len(ahead) >= budget:
             study.tell(trial, state=TrialState.FAIL)
             return False
-        space, fixed = search_space(cfg.optim), trial.storage.get_trial_system_attrs(trial._trial_id)
+        fixed = trial.storage.get_trial_system_attrs(trial._trial_id)
         if "fixed_params" not in fixed:  # not a dead worker's trial enqueued again with its params
             seed = study.user_attrs["sampler"]["seed"]
             if first_study and trial.number == 0:  # the storage hands out trial 0 once: one worker runs the defaults
                 trial.set_user_attr("defaults", True)
-                point = defaults_of(cfg)
+                point = defaults_of(cfg, space)
             elif sampler == "qmc":
                 point = sobol_point(space, trial.number - first_study, seed)
             else:  # tpe, seeded by the trial's number: workers that start together draw different params
@@ -505,8 +527,8 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 # -- report ---------------------------------------------------------------------------------------
 
 
-def write_report(rows: list[dict], studies: dict[str, list[optuna.Study]], configs: dict[str, Config], out: Path,
-                 trials: int) -> str:  # fmt: skip
+def write_report(rows: list[dict], studies: dict[str, list[optuna.Study]], configs: dict[str, Config],
+                 spaces: dict[str, dict], out: Path, trials: int) -> str:  # fmt: skip
     """``best.md`` (also returned and printed) and the PNG plots: the tuning table, the finals
     on fresh seeds against tuned AdamW, and each search space with its bracket check."""
     first = next(iter(studies.values()))[0]
@@ -538,7 +560,7 @@ def write_report(rows: list[dict], studies: dict[str, list[optuna.Study]], confi
         lines.append(f"| {r['optimizer']} | {counts} | {per_study} | {score} | {defaults} | {r['trial'] or '-'} "
                      f"| {params} |")  # fmt: skip
     lines += ["", *_selection_table(rows, configs), "", *_finals_table(rows, configs), "",
-              *_space_table(rows, configs), "",
+              *_space_table(rows, configs, spaces), "",
               "Small-scale caveat: matrix optimizers' speedups over tuned AdamW shrink with model size "
               "(Wen et al. 2025, arXiv 2509.02046: 1.4x at 0.1B parameters, 1.1x at 1.2B); "
               "these models are far smaller."]  # fmt: skip
@@ -662,7 +684,7 @@ def bracket_flags(params: dict[str, float], space: dict[str, tuple[float, float,
     return flags
 
 
-def _space_table(rows: list[dict], configs: dict[str, Config]) -> list[str]:
+def _space_table(rows: list[dict], configs: dict[str, Config], spaces: dict[str, dict]) -> list[str]:
     lines = ["## Search spaces and bracket check",
              "",
              "A best value in the outer tenth of its range (log space for log keys) is flagged: widen that range "
@@ -672,7 +694,8 @@ def _space_table(rows: list[dict], configs: dict[str, Config]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         cfg = configs[r["optimizer"]]
-        space, defaults = search_space(cfg.optim), defaults_of(cfg)
+        space = spaces[r["optimizer"]]
+        defaults = defaults_of(cfg, space)
         flags = bracket_flags(r["params"], space)
         for key, (low, high, log) in space.items():
             best = r["params"].get(key)

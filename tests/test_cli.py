@@ -33,7 +33,8 @@ def fails_with(capsys, argv, message):
         (["--set", "model.n_embed=8"], "unknown config key 'model.n_embed'"),
         (["--set", "model.n_embd"], "--set takes KEY=VALUE"),
         (["--optimizer", "sgd9"],
-         "optim.name must be one of hybrid, kfac, qng, adamw, muon, muon_qng, eigen_adam, eigen_hybrid, got 'sgd9'"),
+         "optim.name must be one of hybrid, kfac, qng, adamw, muon, muon_qng, eigen_adam, eigen_hybrid, "
+         "muon_metric_adam, got 'sgd9'"),
     ],
 )
 def test_bad_training_flags(tmp_path, capsys, flags, message):

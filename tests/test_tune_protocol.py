@@ -187,3 +187,22 @@ def test_a_rerun_with_another_base_config_is_refused_but_renamed_keys_are_read_b
     assert main([*args, "--set", "optim.lr=0.005"]) == 2
     err = capsys.readouterr().err
     assert "study 'adamw' in this storage was made from another config (optim.lr)" in err and err.count("\n") == 1
+
+
+def test_keys_search_only_those_and_leave_the_rest_at_the_base_config(tmp_path, capsys):
+    base = apply_overrides(Config(), {**TINY, "train.steps": 10, "optim.muon.lr": 0.02})
+    (row,) = tune(base, ["muon_qng"], trials=2, seeds=1, out=tmp_path, progress=False,
+                  keys=("optim.qng.lr", "optim.qng.damping"))  # fmt: skip
+    for trial in study_trials(tmp_path, "muon_qng"):
+        assert set(trial.params) == {"optim.qng.lr", "optim.qng.damping"}
+        saved = load_config(tmp_path / "trials" / "muon_qng" / str(trial.number) / "config.toml")
+        assert saved.optim.muon.lr == 0.02 and saved.optim.lr == base.optim.lr  # the linear layers at the base
+    assert "| muon_qng | optim.muon.lr |" not in (tmp_path / "best.md").read_text()
+    args = ["tune", "--out", str(tmp_path), "--optimizers", "muon_qng", "--trials", "2", "--seeds", "1",
+            "--steps", "10", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
+            "--set", "optim.muon.lr=0.02", "--quiet"]  # fmt: skip
+    assert main([*args, "--keys", "optim.qng.lr"]) == 2  # the stored study searched another space
+    assert main([*args, "--keys", "optim.kfac.lr"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "searched another space" in err[0] and "rerun with the same --keys" in err[0]
+    assert err[1].startswith("error: --keys optim.kfac.lr: not searched for muon_qng; choose from optim.lr")

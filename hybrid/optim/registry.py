@@ -192,6 +192,7 @@ PRESETS: dict[str, tuple[str, str]] = {  # name -> (linear, circuit)
     "muon_qng": ("muon", "qng"),
     "eigen_adam": ("eigen_adam", "none"),
     "eigen_hybrid": ("eigen_adam", "qng"),
+    "muon_metric_adam": ("muon", "metric_adam"),
 }
 OPTIMIZERS = tuple(PRESETS)
 
@@ -218,6 +219,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     ``muon_qng``: Muon, QNG on the circuit weights, AdamW on the rest.
     ``eigen_adam``: Adam in K-FAC's eigenbasis on the linear layers (SOAP/EKFAC-style), AdamW on the rest.
     ``eigen_hybrid``: ``eigen_adam`` plus QNG on the circuit weights.
+    ``muon_metric_adam``: Muon, Adam in the eigenbasis of each circuit's metric, AdamW on the rest.
     ``adamw``: AdamW on everything.
 
     Raises:
