@@ -365,6 +365,8 @@ def test_new_summary_statistics_against_numpy():
     assert equal["effective_rank"] == pytest.approx(4.0) and equal["damped_condition"] == pytest.approx(1.0)
     with pytest.raises(InputError, match="no damping for the adamw"):
         summarize([Spectrum("adamw", "adamw", torch.ones(2, dtype=torch.float64))], {"quantum": 1.0})
+    carried = Spectrum("adamw", "adamw", torch.tensor([2.0, 1.0], dtype=torch.float64), damping=1.0)
+    assert summarize([carried], {"quantum": 1.0})["adamw/damped_condition"] == pytest.approx(2.0 / (1.0 + 1.0))
 
 
 def test_adamw_block_is_the_bias_corrected_second_moment_of_the_gradients():
@@ -382,7 +384,7 @@ def test_adamw_block_is_the_bias_corrected_second_moment_of_the_gradients():
     v = (1 - b2) * (b2**2 * squares[0] + b2 * squares[1] + squares[2]) / (1 - b2**3)
     expected = torch.sort(v, descending=True).values
     block = adamw_spectrum(optimizer)
-    assert block.name == block.kind == "adamw"
+    assert block.name == block.kind == "adamw" and block.damping == pytest.approx(1e-8**2)  # eps squared
     torch.testing.assert_close(block.eigenvalues, expected, atol=1e-15, rtol=1e-10)
     [last] = [s for s in curvature_spectra(model, batch(), optimizer) if s.kind == "adamw"]
     torch.testing.assert_close(last.eigenvalues, expected, atol=1e-15, rtol=1e-10)

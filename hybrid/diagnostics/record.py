@@ -29,7 +29,6 @@ from hybrid.diagnostics.spectra import (
     Spectrum,
     _loss,
     _outer_spectrum,
-    adamw_damping,
     curvature_spectra,
     summarize,
     untouched,
@@ -54,8 +53,8 @@ def track(
     fixed evaluation batches as ``splits``. Nothing of the model or the optimizer changes.
 
     Args:
-        damping: one number or ``{"classical": ..., "quantum": ...}``; the adamw block's is
-            AdamW's ``eps ** 2`` unless given as ``damping["adamw"]``.
+        damping: one number or ``{"classical": ..., "quantum": ...}`` (K-FAC's and QNG's); the
+            adamw block keeps AdamW's ``eps ** 2`` unless given as ``damping["adamw"]``.
         top_k: top eigenvalues per block; also the k of the damped condition proxy.
         splits: ``{"train": [batch, ...], "val": [batch, ...]}`` for the losses and their gap;
             None: NaN.
@@ -65,8 +64,7 @@ def track(
     """
     run_dir = Path(run_dir)
     spectra = curvature_spectra(model, batch, optimizer, loss_fn=loss_fn, metric_samples=metric_samples)
-    per_kind = dict(damping) if isinstance(damping, dict) else {"classical": damping, "quantum": damping}
-    per_kind.setdefault("adamw", adamw_damping(optimizer))
+    per_kind = damping if isinstance(damping, dict) else {"classical": damping, "quantum": damping}
     cosines = {}
     if isinstance(optimizer, HybridOptimizer):
         cosines = step_cosines(model, batch, optimizer, block_parameters(model, spectra, optimizer), loss_fn=loss_fn)
@@ -127,6 +125,9 @@ def save_spectra(run_dir: str | Path, step: int, spectra: list[Spectrum]) -> Pat
         else {"name": s.name, "kind": s.kind, "eigenvalues": s.eigenvalues.cpu()}
         for s in spectra
     ]
+    for block, s in zip(blocks, spectra, strict=True):
+        if s.damping is not None:
+            block["damping"] = float(s.damping)
     path = folder / f"step_{step:07d}.pt"
     atomic_write(path, lambda file: torch.save({"step": int(step), "blocks": blocks}, file))
     return path
@@ -140,7 +141,7 @@ def load_spectra(run_dir: str | Path) -> dict[int, list[Spectrum]]:
         spectra[step] = [
             Spectrum(b["name"], b["kind"], _outer_spectrum(*b["factors"]), tuple(b["factors"]))
             if "factors" in b
-            else Spectrum(b["name"], b["kind"], b["eigenvalues"])
+            else Spectrum(b["name"], b["kind"], b["eigenvalues"], damping=b.get("damping"))
             for b in blocks
         ]
     return spectra

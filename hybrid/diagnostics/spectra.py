@@ -62,6 +62,7 @@ class Spectrum:
     kind: str  # one of KINDS: "quantum" (Fubini-Study metric), "classical" (K-FAC block), "adamw" (v_hat)
     eigenvalues: torch.Tensor  # (P,)
     factors: tuple[torch.Tensor, torch.Tensor] | None = None  # classical: eigenvalues of A (a,) and G (g,)
+    damping: float | None = None  # the damping the block carries when its optimizer fixes it (adamw: eps ** 2)
 
     def summary(self, damping: float, top_k: int = TOP_K) -> dict[str, float]:
         """Size, trace, top-k eigenvalues, the damped condition proxy, ranks and dimensions.
@@ -108,23 +109,25 @@ def _outer_spectrum(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def summarize(spectra: list[Spectrum], damping: float | dict[str, float], top_k: int = TOP_K) -> dict[str, float]:
     """``{"<name>/<stat>": value}`` for every block and statistic of ``Spectrum.summary``.
 
-    ``damping`` is one number, or one per kind: ``{"quantum": qng_damping, "classical":
-    kfac_damping, "adamw": eps ** 2}`` (the damping each preconditioner adds, so the effective
-    dimension counts what it resolves and the condition proxy is the one the update sees).
+    ``damping`` is one number for every block, or one per kind: ``{"quantum": qng_damping,
+    "classical": kfac_damping}`` (the damping each preconditioner adds, so the effective dimension
+    counts what it resolves and the condition proxy is the one the update sees); a kind it does
+    not name takes the block's own ``Spectrum.damping`` (the adamw block's ``eps ** 2``).
 
     Raises:
-        InputError: ``damping`` names no value for a kind of ``spectra``.
+        InputError: a block has neither.
     """
     per_kind = damping if isinstance(damping, dict) else {s.kind: damping for s in spectra}
-    missing = sorted({s.kind for s in spectra} - set(per_kind))
+    missing = sorted({s.kind for s in spectra if s.kind not in per_kind and s.damping is None})
     if missing:
         raise InputError(f"no damping for the {', '.join(missing)} blocks; pass damping={{kind: value}} for each kind")
-    return {f"{s.name}/{k}": v for s in spectra for k, v in s.summary(per_kind[s.kind], top_k).items()}
+    return {f"{s.name}/{k}": v for s in spectra for k, v in s.summary(per_kind.get(s.kind, s.damping), top_k).items()}
 
 
 def adamw_spectrum(optimizer) -> Spectrum | None:
-    """AdamW's bias-corrected second moment ``v_hat`` (the ``adamw`` reference block), or None
-    when ``optimizer`` trains nothing with AdamW. A parameter AdamW has not stepped yet counts 0.
+    """AdamW's bias-corrected second moment ``v_hat`` (the ``adamw`` reference block, with damping
+    ``eps ** 2``), or None when ``optimizer`` trains nothing with AdamW. A parameter AdamW has not
+    stepped yet counts 0.
 
     Args:
         optimizer: a ``HybridOptimizer`` (``adamw``, ``muon``, ``hybrid``, ... all are), or None.
@@ -144,13 +147,8 @@ def adamw_spectrum(optimizer) -> Spectrum | None:
                 v.append(state["exp_avg_sq"].detach().reshape(-1).double().cpu() / correction)  # (p.numel(),)
             else:
                 v.append(torch.zeros(p.numel(), dtype=torch.float64))
-    return Spectrum("adamw", "adamw", torch.sort(torch.cat(v).clamp_min(0), descending=True).values)
-
-
-def adamw_damping(optimizer) -> float:
-    """``eps ** 2`` of AdamW in ``optimizer`` (its damping in the units of ``v_hat``); 0 without AdamW."""
-    adamw = _check_optimizer(optimizer).adamw if optimizer is not None else None
-    return float(adamw.param_groups[0]["eps"]) ** 2 if adamw is not None else 0.0
+    eps = float(adamw.param_groups[0]["eps"])  # AdamW divides by sqrt(v_hat) + eps: eps ** 2 in v_hat's units
+    return Spectrum("adamw", "adamw", torch.sort(torch.cat(v).clamp_min(0), descending=True).values, damping=eps**2)
 
 
 # --- spectra of a model on a batch ---------------------------------------------------------
