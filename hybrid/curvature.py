@@ -1,7 +1,8 @@
 """``hybrid curvature RUN``: the curvature report of a run folder, ``curvature.md`` and ``curvature.png``.
 
-    curvature_report(run)                     # reads RUN, writes RUN/curvature.md and RUN/curvature.png
-    geometry = circuit_geometry(model, x, damping)   # {circuit: CircuitGeometry}: three metrics, their steps
+    curvature_report(run)                                # reads RUN, writes RUN/curvature.md and .png
+    x, y = tracked_batch(run, cfg, tokens)               # the tokens the report uses
+    geometry = circuit_geometry(model, (x, y), damping)  # {circuit: CircuitGeometry}: three metrics, steps
 
 What it shows:
 - along training (``diagnostics.csv``, written with ``train.curvature_every``): per block the
@@ -145,13 +146,9 @@ def curvature_report(run: str | Path, tokens: int = 32) -> Path:
     run = Path(run)
     check_number("--tokens", tokens, low=1, integer=True)
     rows = check_run(run)
-    model, tokenizer, cfg = load_run(run)
+    model, _, cfg = load_run(run)
     model.double()  # the metrics in float64, as their oracles
-    dataset = load_dataset(cfg.data, cfg.model.block_size, run / TOKENIZER)
-    eval_rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # hybrid.train's first fixed evaluation batch
-    x, y = dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, eval_rng)  # (B, T) each
-    b = max(1, tokens // cfg.model.block_size)  # whole sequences
-    x, y = x[:b], y[:b]  # (b, T)
+    x, y = tracked_batch(run, cfg, tokens)
     has_circuit = any(isinstance(m, QuantumLayer) for m in model.modules())
     geometry = circuit_geometry(model, (x, y), cfg.optim.qng.damping) if has_circuit else {}
     step = int(read_table(run / METRICS)[-1]["step"]) if (run / METRICS).is_file() else int(rows[-1]["step"])
@@ -161,6 +158,16 @@ def curvature_report(run: str | Path, tokens: int = 32) -> Path:
     text = report_text(run, cfg, rows, geometry, kinds, step, x.numel())
     atomic_write(run / REPORT, lambda file: file.write(text.encode("utf-8")))
     return run / REPORT
+
+
+def tracked_batch(run: str | Path, cfg, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``max(1, tokens // block_size)`` sequences of the batch ``hybrid.train`` tracks
+    (its first fixed evaluation batch of the train split): x, y (b, T) token ids."""
+    dataset = load_dataset(cfg.data, cfg.model.block_size, Path(run) / TOKENIZER)
+    eval_rng = torch.Generator().manual_seed(cfg.train.seed + 1)  # as hybrid.train draws its evaluation batches
+    x, y = dataset.batch("train", cfg.train.batch_size, cfg.model.block_size, eval_rng)  # (B, T) each
+    b = max(1, tokens // cfg.model.block_size)  # whole sequences
+    return x[:b], y[:b]  # (b, T) each
 
 
 def _blocks(rows: list[dict]) -> list[str]:
