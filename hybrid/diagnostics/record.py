@@ -27,8 +27,8 @@ from hybrid.diagnostics.spectra import (
     TOP_K,
     LossFn,
     Spectrum,
-    _loss,
-    _outer_spectrum,
+    batch_loss,
+    outer_spectrum,
     curvature_spectra,
     summarize,
     untouched,
@@ -96,7 +96,7 @@ def split_loss(model: nn.Module, batches: list, loss_fn: LossFn | None = None) -
     """Mean loss over ``batches`` in eval mode (no dropout), as ``hybrid.train.evaluate``; nothing changes."""
     with untouched(model, []):
         model.eval()
-        return sum(float(_loss(model, b, loss_fn)) for b in batches) / len(batches)
+        return sum(float(batch_loss(model, b, loss_fn)) for b in batches) / len(batches)
 
 
 def reset_tracking(run_dir: str | Path, keep_through: int | None = None) -> None:
@@ -139,7 +139,7 @@ def load_spectra(run_dir: str | Path) -> dict[int, list[Spectrum]]:
     for step, path in sorted(_spectra_files(run_dir).items()):
         blocks = torch.load(path, map_location="cpu", weights_only=True)["blocks"]
         spectra[step] = [
-            Spectrum(b["name"], b["kind"], _outer_spectrum(*b["factors"]), tuple(b["factors"]))
+            Spectrum(b["name"], b["kind"], outer_spectrum(*b["factors"]), tuple(b["factors"]))
             if "factors" in b
             else Spectrum(b["name"], b["kind"], b["eigenvalues"], damping=b.get("damping"))
             for b in blocks

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybrid.diagnostics.spectra import LossFn, _loss, preconditioners_of, untouched
+from hybrid.diagnostics.spectra import LossFn, batch_loss, preconditioners_of, untouched
 from hybrid.errors import InputError
 from hybrid.optim.kfac import KFACPreconditioner, sampled_fisher_backward
 from hybrid.optim.optimizer import HybridOptimizer
@@ -56,7 +56,7 @@ def step_cosines(
         try:
             model.train()
             logits: list[torch.Tensor] = []
-            loss = _loss(model, batch, loss_fn, logits)
+            loss = batch_loss(model, batch, loss_fn, logits)
             if logits:
                 sampled_fisher_backward(optimizer, logits[0])  # fisher="mc" on a curvature step, as train_step
             loss.backward()
@@ -135,7 +135,7 @@ def loss_slices(model: nn.Module, batch, optimizer, alphas=None, *, loss_fn: Los
         try:
             model.train()
             logits: list[torch.Tensor] = []
-            loss = _loss(model, batch, loss_fn, logits)
+            loss = batch_loss(model, batch, loss_fn, logits)
             for pc in kfacs if logits else []:
                 pc.sampled_backward(logits[0])  # fisher="mc" on a curvature step: sampled labels, as train_step
             loss.backward()
@@ -177,5 +177,5 @@ def _slice(model, batch, loss_fn, params, start, direction: torch.Tensor, alphas
     for alpha in alphas:
         for p, p0, d in zip(params, start, steps, strict=True):
             p.copy_(p0 - float(alpha) * d.view_as(p).to(p.dtype))
-        losses.append(float(_loss(model, batch, loss_fn)))
+        losses.append(float(batch_loss(model, batch, loss_fn)))
     return np.asarray(losses)

@@ -94,7 +94,7 @@ class Spectrum:
 
 def kronecker_spectrum(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of ``A (x) G`` (A: (a, a), G: (g, g) symmetric PSD), descending: (a * g,)."""
-    return _outer_spectrum(metric_spectrum(A), metric_spectrum(G))
+    return outer_spectrum(metric_spectrum(A), metric_spectrum(G))
 
 
 def metric_spectrum(metric: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,8 @@ def metric_spectrum(metric: torch.Tensor) -> torch.Tensor:
     return torch.sort(torch.linalg.eigvalsh(metric.double()).clamp_min(0), descending=True).values
 
 
-def _outer_spectrum(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def outer_spectrum(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Every product of an eigenvalue in a (a,) with one in g (g,), descending: (a * g,)."""
     return torch.sort(torch.outer(a, g).reshape(-1), descending=True).values  # (a * g,)
 
 
@@ -198,7 +199,7 @@ def curvature_spectra(
         counter = KFACPreconditioner(model, curvature_every=1, curvature_ema=0.0, inverse="cholesky") if fresh else None
         try:
             if counter is not None or layers:  # the forward pass fresh factors and circuit inputs come from
-                loss = _loss(model, batch, loss_fn)
+                loss = batch_loss(model, batch, loss_fn)
             if counter is not None:
                 torch.autograd.grad(loss, counter.params, allow_unused=True)  # hooks see dL/d(output); .grad untouched
                 counter.precondition(lr=0.0)  # the first update takes this batch's factors as they are
@@ -213,7 +214,7 @@ def curvature_spectra(
     for name, module in model.named_modules():
         if name in factors:
             a, g = (metric_spectrum(factor).cpu() for factor in factors[name])
-            spectra.append(Spectrum(name, "classical", _outer_spectrum(a, g), (a, g)))
+            spectra.append(Spectrum(name, "classical", outer_spectrum(a, g), (a, g)))
         elif name in inputs:
             rows = inputs[name]  # (N, n_inputs)
             if rows.shape[0] > metric_samples:
@@ -225,7 +226,7 @@ def curvature_spectra(
     return spectra + ([reference] if reference is not None else [])
 
 
-def _loss(model: nn.Module, batch, loss_fn: LossFn | None, logits_out: list | None = None) -> torch.Tensor:
+def batch_loss(model: nn.Module, batch, loss_fn: LossFn | None, logits_out: list | None = None) -> torch.Tensor:
     """``loss_fn(model, batch)``, or the mean next-token cross-entropy of ``batch = (x, y)``."""
     if loss_fn is not None:
         return loss_fn(model, batch)
