@@ -28,8 +28,8 @@ from hybrid.diagnostics.spectra import (
     LossFn,
     Spectrum,
     batch_loss,
-    outer_spectrum,
     curvature_spectra,
+    outer_spectrum,
     summarize,
     untouched,
 )
