@@ -286,14 +286,17 @@ def report_text(run: Path, cfg, rows: list[dict], geometry: dict[str, CircuitGeo
         "",
         f"Every block at the last tracked step ({int(last['step'])}):",
         "",
-        "| block | kind | size | trace | " + " | ".join(f"top {i + 1}" for i in range(k))
+        "| block | kind | size | trace | "
+        + " | ".join(f"top {i + 1}" for i in range(k))
         + " | damping | damped cond. | eff. rank | eff. dim | step cosine |",
         "|---|---|---:|---:|" + "---:|" * (k + 5),
     ]
     for n in blocks:
         tops = " | ".join(_number(last.get(f"{n}/top_{i + 1}", math.nan)) for i in range(k))
-        stats = " | ".join(_number(last.get(f"{n}/{s}", math.nan))
-                           for s in ("damping", "damped_condition", "effective_rank", "effective_dim", "step_cosine"))
+        stats = " | ".join(
+            _number(last.get(f"{n}/{s}", math.nan))
+            for s in ("damping", "damped_condition", "effective_rank", "effective_dim", "step_cosine")
+        )
         lines.append(f"| {n} | {kinds.get(n, 'classical')} | {int(last[f'{n}/size'])} | "
                      f"{_number(last[f'{n}/trace'])} | {tops} | {stats} |")  # fmt: skip
     if not geometry:
