@@ -1,4 +1,4 @@
-"""The ``hybrid`` command line: ``hybrid train``, ``sweep``, ``tune``, ``sample``, ``submit``, ``jobs``.
+"""The ``hybrid`` command line: ``hybrid train``, ``sweep``, ``tune``, ``sample``, ``submit``, ``jobs``, ``curvature``.
 
 Bad input ends in one line on stderr, ``error: <problem>; <fix>``, exit status 2, and no
 traceback.
@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("run", type=Path, metavar="DIR", help="run folder of hybrid submit")
     jobs.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs (default: all)")
     jobs.set_defaults(handler=run_jobs)
+
+    curvature = commands.add_parser("curvature", help="write a run's curvature report: curvature.md and curvature.png")
+    curvature.add_argument("run", type=Path, metavar="RUN",
+                           help="run folder of hybrid train --set train.curvature_every=N")  # fmt: skip
+    curvature.add_argument("--tokens", type=int, default=32,
+                           help="positions of the tracked batch the three circuit metrics average over")  # fmt: skip
+    curvature.set_defaults(handler=run_curvature)
     return parser
 
 
@@ -315,6 +322,14 @@ def run_jobs(args: argparse.Namespace) -> int:
     from hybrid.jobs import jobs
 
     return jobs(args)
+
+
+def run_curvature(args: argparse.Namespace) -> int:
+    from hybrid.curvature import FIGURE, curvature_report
+
+    report = curvature_report(args.run, tokens=args.tokens)
+    print(f"curvature report: {report}, figure: {report.parent / FIGURE}")
+    return 0
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -224,7 +224,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
                 if world.main:  # rank 0 alone, on a fixed batch, its collectives off
                     damping = {"classical": cfg.optim.kfac.damping, "quantum": cfg.optim.qng.damping}
                     with local_only():
-                        track(model, eval_sets["train"][0], out, step, optimizer, damping=damping)
+                        track(model, eval_sets["train"][0], out, step, optimizer, damping=damping,
+                              splits=eval_sets)  # the train-validation gap beside the curvature
             # evaluate, log, checkpoint (a resumed run already did this at its start step)
             if (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (step > start_step or not resume):
                 batch_loss = mean_over_ranks(sum(losses) / len(losses), world) if losses else math.nan

@@ -16,11 +16,13 @@ from hybrid.diagnostics import (
     SPECTRA,
     TABLE,
     Spectrum,
+    adamw_spectrum,
     curvature_spectra,
     kronecker_spectrum,
     load_spectra,
     loss_slices,
     metric_spectrum,
+    step_cosines,
     summarize,
     track,
 )
@@ -28,6 +30,7 @@ from hybrid.diagnostics.plots import plot_slices, plot_spectra, plot_tracking
 from hybrid.errors import InputError
 from hybrid.models import HybridGPT
 from hybrid.optim import build_optimizer
+from hybrid.optim.kfac import sampled_fisher_backward
 from hybrid.optim.metric import metric_tensor
 from hybrid.quantum import QuantumLayer
 from hybrid.tables import read_table
@@ -89,7 +92,8 @@ def test_kronecker_spectrum_equals_the_explicit_product(shape):
 def test_summary_statistics_by_hand():
     s = Spectrum("block", "quantum", torch.tensor([4.0, 1.0, 1e-14, 0.0], dtype=torch.float64))
     summary = s.summary(damping=1.0)
-    assert summary["max"] == 4.0 and summary["rank"] == 2 and summary["condition"] == 4.0 and summary["size"] == 4
+    assert summary["max"] == 4.0 and summary["rank"] == 2 and summary["size"] == 4
+    assert summary["damped_condition"] == 4.0  # lambda_1 / (lambda_4 + 1): k = 4, the whole block
     assert summary["effective_dim"] == pytest.approx(4 / 5 + 1 / 2, abs=1e-12)
     assert summary["participation"] == pytest.approx(25 / 17)
     both = [s, Spectrum("w", "classical", torch.tensor([3.0], dtype=torch.float64))]
@@ -249,7 +253,7 @@ def test_loss_slices_refuses_an_optimizer_without_preconditioners_and_bad_alphas
         loss_slices(model, batch(), optimizer_for(model, "adamw"))
     with pytest.raises(InputError, match="alphas"):
         loss_slices(model, batch(), optimizer_for(model, "qng"), [0.0, float("nan")])
-    with pytest.raises(InputError, match="no preconditioners"):
+    with pytest.raises(TypeError, match="no preconditioners"):
         loss_slices(model, batch(), object())
 
 
@@ -265,7 +269,7 @@ def test_tracking_writes_rows_at_the_right_steps_and_spectra_to_plot(tmp_path):
     train(diag_config(**{"train.steps": 5}), tmp_path, progress=False)
     rows = read_table(tmp_path / TABLE)
     assert [r["step"] for r in rows] == [0, 2, 4, 5]  # every 2 steps and the last one
-    assert {"lm_head.circuit/condition", "blocks.0.mlp.fc/effective_dim"} <= set(rows[0])
+    assert {"lm_head.circuit/damped_condition", "blocks.0.mlp.fc/effective_dim"} <= set(rows[0])
     spectra = load_spectra(tmp_path)
     assert list(spectra) == [0, 2, 4, 5]
     kinds = {s.name: s.kind for s in spectra[5]}
@@ -343,3 +347,101 @@ def test_diagnostics_every_is_read_as_curvature_every():
     from hybrid.config import Config, apply_overrides
 
     assert apply_overrides(Config(), {"train.diagnostics_every": 7}).train.curvature_every == 7
+
+
+# --- per-block statistics along training: damped condition, AdamW reference, step cosines, gap ----
+
+
+def test_new_summary_statistics_against_numpy():
+    lam = np.array([9.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.0])
+    summary = Spectrum("b", "quantum", torch.tensor(lam)).summary(damping=0.1, top_k=3)
+    assert summary["trace"] == pytest.approx(lam.sum(), abs=1e-12) and summary["k"] == 3
+    assert [summary[f"top_{i}"] for i in (1, 2, 3)] == [9.0, 4.0, 2.0] and "top_4" not in summary
+    assert summary["damped_condition"] == pytest.approx(9.0 / (2.0 + 0.1), abs=1e-12) and summary["damping"] == 0.1
+    p = lam[lam > 0] / lam.sum()
+    assert summary["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), abs=1e-12)
+    assert "condition" not in summary  # never an undamped condition number
+    equal = Spectrum("e", "quantum", torch.ones(4, dtype=torch.float64)).summary(damping=0.0)
+    assert equal["effective_rank"] == pytest.approx(4.0) and equal["damped_condition"] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="no damping for the adamw"):
+        summarize([Spectrum("adamw", "adamw", torch.ones(2, dtype=torch.float64))], {"quantum": 1.0})
+    carried = Spectrum("adamw", "adamw", torch.tensor([2.0, 1.0], dtype=torch.float64), damping=1.0)
+    assert summarize([carried], {"quantum": 1.0})["adamw/damped_condition"] == pytest.approx(2.0 / (1.0 + 1.0))
+
+
+def test_adamw_block_is_the_bias_corrected_second_moment_of_the_gradients():
+    model = gpt()
+    optimizer = optimizer_for(model, "adamw", beta2=0.9)
+    assert float(adamw_spectrum(optimizer).eigenvalues.abs().max()) == 0.0  # no step yet: zeros
+    squares = []
+    for seed in range(3):
+        loss = nn.functional.cross_entropy(model(batch(seed)[0]).reshape(-1, V), batch(seed)[1].reshape(-1))
+        loss.backward()
+        squares.append(torch.cat([p.grad.reshape(-1) ** 2 for p in model.parameters()]))
+        optimizer.step()
+        optimizer.zero_grad()
+    b2 = 0.9
+    v = (1 - b2) * (b2**2 * squares[0] + b2 * squares[1] + squares[2]) / (1 - b2**3)
+    expected = torch.sort(v, descending=True).values
+    block = adamw_spectrum(optimizer)
+    assert block.name == block.kind == "adamw" and block.damping == pytest.approx(1e-8**2)  # eps squared
+    torch.testing.assert_close(block.eigenvalues, expected, atol=1e-15, rtol=1e-10)
+    [last] = [s for s in curvature_spectra(model, batch(), optimizer) if s.kind == "adamw"]
+    torch.testing.assert_close(last.eigenvalues, expected, atol=1e-15, rtol=1e-10)
+    with pytest.raises(TypeError, match="HybridOptimizer"):
+        curvature_spectra(model, batch(), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("name", ["hybrid", "adamw", "muon", "qng"])
+def test_step_cosines_equal_those_of_a_copy_that_really_steps(name):
+    """The oracle: a twin model and optimizer (the same steps so far) really take the step; the
+    original is left as it was."""
+    (model, optimizer), (copy_model, copy_optimizer) = [(m, optimizer_for(m, name)) for m in (gpt(), gpt())]
+    for m, o in ((model, optimizer), (copy_model, copy_optimizer)):
+        train_step(m, o, batch(1), grad_clip=0)  # moments and factors from one step
+    blocks = {"fc": list(model.blocks[0].mlp.fc.parameters()), "circuit": [model.lm_head.circuit.weights],
+              "all": list(model.parameters())}  # fmt: skip
+    before = snapshot(model, optimizer)
+    cosines = step_cosines(model, batch(2), optimizer, blocks)
+    after = snapshot(model, optimizer)
+    for a, b in zip(before, after, strict=True):
+        assert_same(a, b)
+    start = [p.detach().clone() for p in copy_model.parameters()]
+    logits = copy_model(batch(2)[0])
+    sampled_fisher_backward(copy_optimizer, logits)  # as train_step does
+    nn.functional.cross_entropy(logits.reshape(-1, V), batch(2)[1].reshape(-1)).backward()
+    grads = [p.grad.clone() for p in copy_model.parameters()]
+    copy_optimizer.step()
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    moved = [p0 - p.detach() for p0, p in zip(start, copy_model.parameters(), strict=True)]
+    for block, members in blocks.items():
+        g = torch.cat([grads[index[id(p)]].reshape(-1) for p in members])
+        step = torch.cat([moved[index[id(p)]].reshape(-1) for p in members])
+        expected = float(g @ step / (g.norm() * step.norm()))
+        assert cosines[block] == pytest.approx(expected, abs=1e-10), block
+    assert -1 <= cosines["all"] <= 1 and cosines["fc"] > 0  # a descent direction
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_tracking_without_kfac_records_circuit_and_adamw_blocks_and_the_gap(tmp_path, name):
+    cfg = diag_config(**{"train.steps": 4, "train.eval_every": 2, "optim.name": name})
+    train(cfg, tmp_path / "tracked", progress=False)
+    rows, metrics = read_table(tmp_path / "tracked" / TABLE), read_table(tmp_path / "tracked" / "metrics.csv")
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert not [k for k in rows[0] if k.endswith("/condition")]
+    for block in ("lm_head.circuit", "adamw"):
+        assert {f"{block}/{k}" for k in ("trace", "top_1", "damped_condition", "effective_rank", "step_cosine",
+                                         "damping")} <= set(rows[-1])  # fmt: skip
+    assert rows[-1]["adamw/damping"] == pytest.approx(1e-8**2) and rows[-1]["adamw/trace"] > 0  # eps squared
+    assert rows[-1]["lm_head.circuit/damping"] == cfg.optim.qng.damping
+    assert all(-1 <= r["adamw/step_cosine"] <= 1 for r in rows[1:])
+    for row, logged in zip(rows, metrics, strict=True):  # the same fixed batches as the evaluation
+        assert row["step"] == logged["step"]  # (the tables keep 8 significant digits)
+        assert row["train_loss"] == pytest.approx(logged["train_loss"], rel=1e-7)
+        assert row["gap"] == pytest.approx(logged["val_loss"] - logged["train_loss"], abs=1e-6)
+    untracked = train(diag_config(**{"train.steps": 4, "train.eval_every": 2, "optim.name": name,
+                                     "train.curvature_every": 0}), tmp_path / "untracked", progress=False)  # fmt: skip
+    ours = torch.load(tmp_path / "tracked" / "checkpoint.pt", weights_only=True)
+    theirs = torch.load(untracked.out / "checkpoint.pt", weights_only=True)
+    assert_same(ours["model"], theirs["model"])  # looking did not change the trajectory
+    assert_same(ours["optimizer"], theirs["optimizer"])

@@ -2,7 +2,7 @@
 
     plot_spectra(curvature_spectra(model, batch))          # one step: a line per block
     plot_spectra(load_spectra(run_dir), damping=...)       # {step: spectra}: a colour per step
-    plot_tracking(run_dir)                                 # condition number and effective dimension
+    plot_tracking(run_dir)                                 # damped condition proxy and effective dimension
     plot_slices(loss_slices(model, batch, optimizer))      # loss along -gradient and -natural gradient
 
 Each returns a ``matplotlib.figure.Figure`` built with the object API (no pyplot state, no
@@ -19,13 +19,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hybrid.checkpoint import atomic_write
-from hybrid.diagnostics.spectra import RTOL, TABLE, LossSlices, Spectrum, load_spectra
+from hybrid.diagnostics.record import TABLE, load_spectra
+from hybrid.diagnostics.slices import LossSlices
+from hybrid.diagnostics.spectra import RTOL, Spectrum
 from hybrid.errors import InputError
 from hybrid.tables import read_table
 
 KINDS = {
     "classical": "classical Fisher: K-FAC blocks A (x) G",
     "quantum": "quantum: Fubini-Study metric (QFI / 4)",
+    "adamw": "reference: AdamW's second moment v_hat (diagonal)",
 }
 
 
@@ -34,7 +37,8 @@ def plot_spectra(
     path: str | Path | None = None,
     damping: float | dict[str, float] | None = None,
 ) -> Figure:
-    """Eigenvalues against their rank, classical K-FAC blocks left, quantum metrics right.
+    """Eigenvalues against their rank, classical K-FAC blocks left, quantum metrics right, and
+    AdamW's second-moment diagonal in a third panel when the spectra hold that block.
 
     The rank is divided by the block's size, so blocks of 24 and of 16,000 parameters share an
     axis; eigenvalues below ``RTOL`` times the largest (numerically zero) are left out, so a
@@ -45,13 +49,14 @@ def plot_spectra(
         spectra: one step's ``curvature_spectra`` (a colour per block) or ``{step: spectra}``
             (a colour per step, every block of a step in it).
         path: where to save the figure (PNG, or any format its suffix names).
-        damping: one number or ``{"classical": kfac_damping, "quantum": qng_damping}``.
+        damping: one number or ``{"classical": kfac_damping, "quantum": qng_damping, "adamw": eps ** 2}``.
     """
     by_step = spectra if isinstance(spectra, dict) else {None: spectra}
     if not any(by_step.values()):
         raise InputError("no spectra to plot; compute them with curvature_spectra or track during training")
-    fig = Figure(figsize=(11, 4.2))
-    axes = dict(zip(KINDS, fig.subplots(1, 2), strict=True))
+    kinds = [k for k in KINDS if k != "adamw" or any(s.kind == k for b in by_step.values() for s in b)]
+    fig = Figure(figsize=(5.5 * len(kinds), 4.2))
+    axes = dict(zip(kinds, fig.subplots(1, len(kinds)), strict=True))
     colours = mpl.colormaps["viridis"](np.linspace(0.0, 0.85, len(by_step)))
     for colour, (step, blocks) in zip(colours, by_step.items(), strict=True):
         for kind, ax in axes.items():
@@ -79,8 +84,9 @@ def plot_spectra(
 
 
 def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure:
-    """Condition number and effective dimension (as a fraction of the block's size) of every
-    block against step, from ``run_dir/diagnostics.csv``: quantum blocks bold, classical thin.
+    """The damped condition proxy lambda_1 / (lambda_k + damping) and the effective dimension
+    (as a fraction of the block's size) of every block against step, from
+    ``run_dir/diagnostics.csv``: quantum blocks bold, classical thin, the adamw reference dashed.
 
     Raises:
         InputError: the run folder has no diagnostics (train with ``train.curvature_every``).
@@ -91,7 +97,7 @@ def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure
             f"{run_dir} has no {TABLE}; train with --set train.curvature_every=N or call hybrid.diagnostics.track"
         )
     steps = np.array([r["step"] for r in rows])
-    names = list(dict.fromkeys(k.rpartition("/")[0] for k in rows[0] if k.endswith("/condition")))
+    names = list(dict.fromkeys(k.rpartition("/")[0] for k in rows[0] if k.endswith("/damped_condition")))
     saved = load_spectra(run_dir)
     kinds = {s.name: s.kind for s in saved[max(saved)]} if saved else {}
     fig = Figure(figsize=(13, 4.2))
@@ -103,12 +109,15 @@ def plot_tracking(run_dir: str | Path, path: str | Path | None = None) -> Figure
         style = {
             "color": next(quantum if is_quantum else classical), "lw": 2.2 if is_quantum else 1.0,
             "marker": "o" if is_quantum else None, "ms": 3, "label": f"{name} ({kinds.get(name, '?')})",
+            "ls": "--" if kinds.get(name) == "adamw" else "-",
         }  # fmt: skip
-        column = [r.get(f"{name}/condition", math.nan) for r in rows]
+        column = [r.get(f"{name}/damped_condition", math.nan) for r in rows]
         fraction = [r.get(f"{name}/effective_dim", math.nan) / r.get(f"{name}/size", math.nan) for r in rows]
         cond_ax.plot(steps, column, **style)
         dim_ax.plot(steps, fraction, **style)
-    cond_ax.set(yscale="log", xlabel="step", ylabel="condition number", title="condition number (nonzero part)")
+    k = int(rows[0].get(f"{names[0]}/k", 0)) if names else 0
+    cond_ax.set(yscale="log", xlabel="step", ylabel=f"lambda_1 / (lambda_{k} + damping)",
+                title="damped condition proxy (top-k spread the update sees)")  # fmt: skip
     dim_ax.set(xlabel="step", ylabel="effective dimension / block size", title="directions resolved above damping")
     for ax in (cond_ax, dim_ax):
         ax.grid(alpha=0.3, lw=0.5)
