@@ -36,8 +36,7 @@ from hybrid.data import Dataset, load_dataset
 from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
 from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
-from hybrid.optim import build_optimizer, lr_factor
-from hybrid.optim.kfac import sampled_fisher_backward
+from hybrid.optim import HybridOptimizer, build_optimizer, lr_factor
 from hybrid.optim.reduce import local_only
 from hybrid.parallel import World, check_world, mean_over_ranks, on_main, process_group, shard, wrap
 from hybrid.plots import plot_loss_curve
@@ -95,12 +94,12 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, split: str, block_s
     return total / count, count
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> float:
+def train_step(model: torch.nn.Module, optimizer: HybridOptimizer, batch, grad_clip: float) -> float:
     """One update: batch -> model -> loss -> gradients -> clip -> step. Returns the loss."""
     x, y = batch
     model.train()
     logits = lm_logits(model, x)  # (B, T, V)
-    sampled_fisher_backward(optimizer, logits)  # K-FAC fisher="mc" on curvature steps: a backward with sampled labels
+    optimizer.before_backward(logits)  # each part's verb; K-FAC fisher="mc": a backward with sampled labels
     loss = next_token_loss(logits, y)
     loss.backward()
     # The global gradient norm answers "is every gradient finite?" at no extra pass (max_norm inf: scale 1).
