@@ -38,7 +38,7 @@ from hybrid.optim.reduce import rank_and_size, share_from_owners
 
 @dataclass
 class EigenAdamSettings:
-    """``[optim.eigen_adam]``: the keyword arguments of ``EigenAdamPreconditioner`` and its SGD step's lr."""
+    """``[optim.eigen_adam]``: the settings ``EigenAdamPreconditioner`` takes, and its SGD step's lr."""
 
     lr: float = 3e-3  # peak learning rate, in AdamW's units (the SGD step applies the Adam direction as is)
     beta1: float = 0.9  # Adam's first-moment decay, in the eigenbasis

@@ -45,7 +45,7 @@ INVERSES = tuple(BLOCKS)
 
 @dataclass
 class KFACSettings:
-    """``[optim.kfac]``: the keyword arguments of ``KFACPreconditioner`` and of its SGD step.
+    """``[optim.kfac]``: the settings ``KFACPreconditioner`` takes, and its SGD step's.
 
     Defaults are tuned on the default model (README, K-FAC); damping is in units of the Fisher
     of one loss term (one token).
@@ -147,7 +147,7 @@ class KFACPreconditioner:
     ):  # fmt: skip
         s = self.settings = settings_or_keywords(KFACSettings, settings, keywords)
         self.damping, self.curvature_every, self.inverse_every = s.damping, s.curvature_every, s.inverse_every
-        self.curvature_ema, self.kfac_approx, self.fisher, self.kl_clip = s.curvature_ema, s.approx, s.fisher, s.kl_clip
+        self.curvature_ema, self.fisher, self.kl_clip = s.curvature_ema, s.fisher, s.kl_clip
         self.graft, self.adam_steps, self.betas, self.eps = s.graft, s.adam_steps, (s.beta1, s.beta2), s.eps
         self.block = BLOCKS[s.inverse]
         self.layers, self.excluded = kfac_layers(model, [*s.patterns(), *exclude], s.max_dim)

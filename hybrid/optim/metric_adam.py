@@ -28,7 +28,7 @@ from hybrid.optim.qng import APPROX, QNGPreconditioner, QNGSettings
 
 @dataclass
 class MetricAdamSettings:
-    """``[optim.metric_adam]``: the keyword arguments of ``MetricAdamPreconditioner`` and its SGD step's lr."""
+    """``[optim.metric_adam]``: the settings ``MetricAdamPreconditioner`` takes, and its SGD step's lr."""
 
     lr: float = 3e-3  # peak learning rate of the circuit weights, in Adam's units
     beta1: float = 0.9  # Adam's first-moment decay, in the metric's eigenbasis

@@ -47,7 +47,7 @@ APPROX = ("diag", "block-diag", "full")
 
 @dataclass
 class QNGSettings:
-    """``[optim.qng]``: the keyword arguments of ``QNGPreconditioner`` and of its SGD step."""
+    """``[optim.qng]``: the settings ``QNGPreconditioner`` takes, and its SGD step's."""
 
     lr: float = 0.1  # peak learning rate of the circuit weights (the schedule scales it like optim.lr)
     momentum: float = 0.0  # SGD momentum: Momentum-QNG (PennyLane's MomentumQNGOptimizer rho)
