@@ -215,21 +215,23 @@ class QuantumProjection(nn.Module):
         trainable: False freezes the circuit's (or the control's) weights at their initialization.
         input_multiplier: ``x`` is multiplied by it before ``to_angles``: muP's readout multiplier
             1 / width_mult, since ``to_angles`` maps the width to a fixed number of angles.
+        validated: the settings were checked already (``hybrid.config.validate``; see ``QuantumLayer``).
     """
 
     def __init__(
         self, in_features: int, out_features: int, circuit, backend: str = "default.qubit",
         execution: ExecutionConfig | None = None, *, control: str = "", trainable: bool = True,
-        input_multiplier: float = 1.0,
+        input_multiplier: float = 1.0, validated: bool = False,
     ):  # fmt: skip
         super().__init__()
-        check_choice("control", control, CONTROLS)
+        if not validated:
+            check_choice("control", control, CONTROLS)
         self.input_multiplier = input_multiplier
         self.to_angles = nn.Linear(in_features, circuit.n_inputs)
         if control == "classical":
             self.circuit = ClassicalControl(circuit.n_inputs, circuit.n_outputs, math.prod(circuit.weight_shape))
         else:
-            self.circuit = QuantumLayer(circuit, backend, execution)
+            self.circuit = QuantumLayer(circuit, backend, execution, validated=validated)
         self.circuit.requires_grad_(trainable)
         self.from_circuit = nn.Linear(circuit.n_outputs, out_features)
         self.reset_angles()
@@ -253,12 +255,13 @@ class QuantumMLP(nn.Module):
 
     def __init__(
         self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None, *,
-        control: str = "", trainable: bool = True,
+        control: str = "", trainable: bool = True, validated: bool = False,
     ):  # fmt: skip
         super().__init__()
         self.mlp = MLP(cfg)
         self.quantum = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution, control=control,
-                                         trainable=trainable, input_multiplier=1 / cfg.width_mult)  # fmt: skip
+                                         trainable=trainable, input_multiplier=1 / cfg.width_mult,
+                                         validated=validated)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.quantum(x)  # (B, T, C)
@@ -284,10 +287,11 @@ class QuantumSelfAttention(nn.Module):
 
     def __init__(
         self, cfg: ModelConfig, circuit, backend: str, execution: ExecutionConfig | None = None, *,
-        control: str = "", trainable: bool = True,
+        control: str = "", trainable: bool = True, validated: bool = False,
     ):  # fmt: skip
         super().__init__()
-        options = {"control": control, "trainable": trainable, "input_multiplier": 1 / cfg.width_mult}
+        options = {"control": control, "trainable": trainable, "input_multiplier": 1 / cfg.width_mult,
+                   "validated": validated}  # fmt: skip
         self.query = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
         self.key = QuantumProjection(cfg.n_embd, circuit.n_outputs, circuit, backend, execution, **options)
         self.value = QuantumProjection(cfg.n_embd, cfg.n_embd, circuit, backend, execution, **options)
@@ -329,6 +333,8 @@ class HybridGPT(nn.Module):
         circuit: which template, its size and backend, whether it entangles and trains
             (ignored when ``cfg.quantum == "none"``).
         execution: shots, noise and job options of sampling backends (``hybrid.backends``).
+        validated: ``cfg``, ``circuit`` and ``execution`` were checked already
+            (``hybrid.config.validate``, as ``hybrid train`` does before any work): not again here.
 
     Raises:
         InputError: a setting of ``cfg`` or ``circuit`` out of range (see their ``validate``),
@@ -337,15 +343,19 @@ class HybridGPT(nn.Module):
 
     def __init__(
         self, cfg: ModelConfig, vocab_size: int, circuit: CircuitConfig | None = None,
-        execution: ExecutionConfig | None = None,
+        execution: ExecutionConfig | None = None, *, validated: bool = False,
     ):  # fmt: skip
         super().__init__()
-        self.cfg = cfg.validate()
         circuit = circuit or CircuitConfig()
-        check_controls(cfg, circuit)
-        template = circuit.validate().template() if cfg.quantum != "none" else None
+        if not validated:  # the Python API; hybrid train checked every section once already
+            cfg.validate()
+            check_controls(cfg, circuit)
+            if cfg.quantum != "none":
+                circuit.validate()
+        self.cfg = cfg
+        template = circuit.template() if cfg.quantum != "none" else None
         where = (circuit.backend, execution)
-        options = {"control": cfg.quantum_control, "trainable": circuit.trainable}
+        options = {"control": cfg.quantum_control, "trainable": circuit.trainable, "validated": validated}
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)

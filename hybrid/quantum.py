@@ -100,6 +100,9 @@ class QuantumLayer(nn.Module):
         execution: shots, noise and job options of sampling backends (``ExecutionConfig``);
             exact simulators ignore it.
         shots, noise: shortcuts that replace those two keys of ``execution``.
+        validated: the circuit section, ``execution`` and the memory of the whole batch were
+            checked already (``hybrid.config.validate``; the training loop then checks the
+            memory of its batch on the built layer): skip those checks here.
 
     Attributes:
         weights: ``nn.Parameter`` of shape ``circuit.weight_shape``, uniform in [0, 2pi).
@@ -115,7 +118,7 @@ class QuantumLayer(nn.Module):
 
     def __init__(
         self, circuit, backend: str = "default.qubit", execution: ExecutionConfig | None = None, *,
-        shots: int | None = None, noise: str | None = None,
+        shots: int | None = None, noise: str | None = None, validated: bool = False,
     ):  # fmt: skip
         super().__init__()
         missing = [a for a in ("n_qubits", "n_inputs", "n_outputs", "weight_shape") if not hasattr(circuit, a)]
@@ -129,17 +132,20 @@ class QuantumLayer(nn.Module):
         execution = dataclasses.replace(execution, **replace)
         self.circuit = circuit
         self.backend = get_backend(backend)
-        execution.validate(self.backend, circuit.n_qubits)
+        if not validated:
+            execution.validate(self.backend, circuit.n_qubits)
         self.weights = nn.Parameter(torch.empty(tuple(circuit.weight_shape)).uniform_(0, 2 * math.pi))
         self.last_inputs: torch.Tensor | None = None
         self.program = None
-        self.check_memory(batch=1, lower_bound=True)  # before compiling a hopeless circuit
+        if not validated:
+            self.check_memory(batch=1, lower_bound=True)  # before compiling a hopeless circuit
         try:
             self.program = compile_circuit(circuit)
         except UnsupportedCircuit:
             pass  # run through PennyLane instead
         self.executor: Executor = self.backend.build(circuit, self.program, execution)
-        self.check_memory(batch=1)
+        if not validated:
+            self.check_memory(batch=1)
 
     @classmethod
     def from_config(cls, circuit: CircuitConfig, execution: ExecutionConfig | None = None) -> QuantumLayer:

@@ -36,8 +36,7 @@ from hybrid.data import Dataset, load_dataset
 from hybrid.diagnostics import reset_tracking, track
 from hybrid.errors import InputError
 from hybrid.models import HybridGPT, lm_logits, lm_loss, next_token_loss
-from hybrid.optim import build_optimizer, lr_factor
-from hybrid.optim.kfac import sampled_fisher_backward
+from hybrid.optim import HybridOptimizer, build_optimizer, lr_factor
 from hybrid.optim.reduce import local_only
 from hybrid.parallel import World, check_world, mean_over_ranks, on_main, process_group, shard, wrap
 from hybrid.plots import plot_loss_curve
@@ -95,12 +94,12 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, split: str, block_s
     return total / count, count
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> float:
+def train_step(model: torch.nn.Module, optimizer: HybridOptimizer, batch, grad_clip: float) -> float:
     """One update: batch -> model -> loss -> gradients -> clip -> step. Returns the loss."""
     x, y = batch
     model.train()
     logits = lm_logits(model, x)  # (B, T, V)
-    sampled_fisher_backward(optimizer, logits)  # K-FAC fisher="mc" on curvature steps: a backward with sampled labels
+    optimizer.before_backward(logits)  # each part's verb; K-FAC fisher="mc": a backward with sampled labels
     loss = next_token_loss(logits, y)
     loss.backward()
     # The global gradient norm answers "is every gradient finite?" at no extra pass (max_norm inf: scale 1).
@@ -143,7 +142,7 @@ def train(
     on its slice, and rank 0 alone writes ``out`` and evaluates; the other ranks return NaN losses.
     """
     out = Path(out)
-    cfg.train.validate()  # the device, before a process group is joined on it
+    validate(cfg)  # every section, once, before a process group is joined or anything is built
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("train.device is cuda but no CUDA GPU is visible; use --device cpu")
     with process_group(cfg.train.device) as world:
@@ -154,7 +153,6 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
     if resume:
         # A run killed before its first checkpoint has only its config: it starts again from step 0.
         resume = on_main(world, lambda: _check_same_run(cfg, resume_config(out), out) or (out / CHECKPOINT).exists())
-    validate(cfg)
     check_world(cfg, world.size)
     on_main(world, lambda: make_run_folder(out))
     device = world.device
@@ -172,12 +170,12 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, on_step, world:
         unigram, bigram = dataset.val_entropy
         tqdm.write(f"{cfg.data.source}: the validation text's character entropy is {unigram:.3f} bits/char "
                    f"(unigram), {bigram:.3f} (bigram, given the previous character)")  # fmt: skip
-    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution).to(device)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution, validated=True).to(device)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size  # the global batch
     for layer in model.modules():
         if isinstance(layer, QuantumLayer):
             layer.check_memory(tokens_per_step // world.size)
-    optimizer = build_optimizer(model, cfg.optim)  # on the inner model: K-FAC's hooks see every rank's slice
+    optimizer = build_optimizer(model, cfg.optim, validated=True)  # inner model: K-FAC's hooks see each rank's slice
     net = wrap(model, world)  # what the training step calls: DDP averages the gradients over ranks
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.steps))
     batch_rng = torch.Generator().manual_seed(cfg.train.seed)  # draws global batches: the same on every rank

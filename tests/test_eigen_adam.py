@@ -223,7 +223,7 @@ def test_default_settings_train_a_tiny_gpt_without_nan(seed):
 
 def test_settings_validate_and_build_the_preconditioner():
     settings = EigenAdamSettings(exclude="0", basis_every=7)
-    pc = EigenAdamPreconditioner(mlp(), **settings.preconditioner_kwargs())
+    pc = EigenAdamPreconditioner(mlp(), settings.validate())
     assert pc.basis_every == 7 and "0" in pc.excluded
     for bad in ({"beta1": 1.0}, {"basis_every": 0}, {"eps": -1.0}, {"approx": "x"}, {"weight_decay": -0.1}):
         with pytest.raises(InputError, match=next(iter(bad))):

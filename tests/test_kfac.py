@@ -15,6 +15,7 @@ from hybrid.errors import InputError
 from hybrid.models import HybridGPT
 from hybrid.optim import HybridOptimizer, build_optimizer
 from hybrid.optim.kfac import KFAC, KFACPreconditioner, KFACSettings
+from hybrid.optim.linear_layers import grad_matrix
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
 from tests.conftest import ClassesFirst, tiny_config
@@ -151,7 +152,7 @@ def test_damped_step_equals_the_dense_kronecker_solve(inverse):
     damping = 0.05
     kfac = KFACPreconditioner(model, damping=damping, kl_clip=0.0, inverse=inverse)
     nn.functional.cross_entropy(model(x), y).backward()
-    grads = {name: kfac._grad_matrix(name).clone() for name in kfac.layers}  # (d_out, d_in [+ 1])
+    grads = {name: grad_matrix(kfac.layers[name]).clone() for name in kfac.layers}  # (d_out, d_in [+ 1])
     kfac.precondition(lr=0.1)
     for name, (A, G) in kfac.factors().items():
         if inverse == "eigh":  # exact Tikhonov damping of the Kronecker product
@@ -161,17 +162,17 @@ def test_damped_step_equals_the_dense_kronecker_solve(inverse):
             eye_a, eye_g = torch.eye(A.shape[0], dtype=A.dtype), torch.eye(G.shape[0], dtype=A.dtype)
             matrix = torch.kron(G + math.sqrt(damping) / pi * eye_g, A + pi * math.sqrt(damping) * eye_a)
         expected = torch.linalg.solve(matrix, grads[name].flatten()).view_as(grads[name])
-        torch.testing.assert_close(kfac._grad_matrix(name), expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad_matrix(kfac.layers[name]), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_kl_clip_caps_lr2_update_dot_grad():
     model, (x, y) = mlp(), data("mlp")
     kfac = KFACPreconditioner(model, kl_clip=1e-4)
     nn.functional.cross_entropy(model(x), y).backward()
-    grads = {name: kfac._grad_matrix(name).clone() for name in kfac.layers}
+    grads = {name: grad_matrix(kfac.layers[name]).clone() for name in kfac.layers}
     kfac.precondition(lr=0.5)
     nu = kfac.stats()["kfac_kl_scale"]
-    clipped_dot_grad = sum((kfac._grad_matrix(n) * g).sum() for n, g in grads.items())  # nu <update, grad>
+    clipped_dot_grad = sum((grad_matrix(kfac.layers[n]) * g).sum() for n, g in grads.items())  # nu <update, grad>
     assert nu < 1 and 0.5**2 * nu * clipped_dot_grad == pytest.approx(1e-4, rel=1e-9)  # nu^2 lr^2 <update, grad>
 
 
@@ -181,7 +182,7 @@ def test_hooks_store_nothing_off_curvature_steps():
     captured = []
     for step in range(4):
         nn.functional.cross_entropy(model(x), y).backward()
-        captured.append(sum(len(v) for v in (*kfac._inputs.values(), *kfac._grads.values())))
+        captured.append(sum(len(v) for v in (*kfac.capture.inputs.values(), *kfac.capture.grads.values())))
         before = {n: A.clone() for n, (A, _) in kfac.factors().items()}
         kfac.precondition(lr=0.1)
         model.zero_grad()
@@ -190,10 +191,10 @@ def test_hooks_store_nothing_off_curvature_steps():
     assert captured == [6, 0, 0, 6]  # (x, g) for 3 layers on steps 0 and 3 only
     with torch.no_grad():  # evaluation and generation are ignored too
         model(x)
-    assert not any(kfac._inputs.values())
+    assert not any(kfac.capture.inputs.values())
     kfac.remove()
     nn.functional.cross_entropy(model(x), y).backward()
-    assert not any(kfac._inputs.values())
+    assert not any(kfac.capture.inputs.values())
 
 
 def test_layer_selection_and_ownership():
@@ -373,7 +374,7 @@ def test_standalone_kfac_is_the_preconditioner_then_sgd():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1) and scheduler.get_last_lr() == [0.1]
     state = opt.state_dict()
     opt.load_state_dict(state)
-    assert opt.kfac.steps == 1 and set(state["kfac"]["A"]) == {"0", "2", "4"}
+    assert opt.kfac.steps == 1 and set(state["preconditioners"]["kfac"]["A"]) == {"0", "2", "4"}
 
 
 def test_bad_settings_are_input_errors():
@@ -560,8 +561,8 @@ def test_grafted_kfac_trains_a_tiny_gpt_without_nan(seed):
 
 
 def test_graft_and_adam_steps_settings_are_validated():
-    kwargs = KFACSettings(graft=True, adam_steps=5, beta2=0.9).preconditioner_kwargs()
-    kfac = KFACPreconditioner(mlp(), **kwargs)
+    settings = KFACSettings(graft=True, adam_steps=5, beta2=0.9).validate()
+    kfac = KFACPreconditioner(mlp(), settings)
     assert kfac.graft and kfac.adam_steps == 5 and kfac.betas == (0.9, 0.9)
     for bad, message in [({"adam_steps": -1}, "adam_steps"), ({"beta1": 1.0}, "beta1"), ({"eps": -1e-8}, "eps"),
                          ({"graft": 1}, "graft")]:  # fmt: skip

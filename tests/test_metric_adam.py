@@ -2,6 +2,7 @@
 carried across a refresh (by hand), exact resume, and no NaN at the defaults."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def test_default_settings_but_lr_stay_finite_and_learn(seed):
 
 
 def test_settings_are_validated():
-    kwargs = MetricAdamSettings(approx="full", curvature_every=3).preconditioner_kwargs()
+    kwargs = dataclasses.asdict(MetricAdamSettings(approx="full", curvature_every=3))
     optimizer = MetricAdam([layer()], **kwargs)
     assert optimizer.metric_adam.qng.approx is None and optimizer.metric_adam.qng.curvature_every == 3
     for bad in ({"beta2": 1.0}, {"eps": -1.0}, {"approx": "x"}, {"curvature_every": 0}):

@@ -124,8 +124,8 @@ def test_lr_schedulers_drive_every_group():
         opt.zero_grad()
         scheduler.step()
     factor = lr_factor(3, cfg, 100)
-    assert opt.sgd.param_groups[0]["lr"] == pytest.approx(0.5 * factor)
-    assert opt.adamw.param_groups[0]["lr"] == pytest.approx(1e-2 * factor)
+    assert opt.part("halve").optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * factor)
+    assert opt.part("adamw").optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * factor)
 
 
 def test_schedulers_still_drive_every_group_after_load_state_dict():
@@ -136,8 +136,8 @@ def test_schedulers_still_drive_every_group_after_load_state_dict():
     loss_of(m, 0).backward()
     opt.step()
     scheduler.step()
-    assert opt.sgd.param_groups[0]["lr"] == pytest.approx(0.25)
-    assert opt.adamw.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert opt.part("halve").optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    assert opt.part("adamw").optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
 
 
 def owners(optimizer: HybridOptimizer, m: nn.Module) -> dict[str, str]:
@@ -181,7 +181,7 @@ def test_kfac_leaves_circuits_and_angle_layers_to_adamw_and_momentum_reaches_the
     owner = owners(optimizer, m)
     assert owner["lm_head.circuit.weights"] == owner["lm_head.to_angles.weight"] == "adamw"
     assert owner["lm_head.from_circuit.weight"] == owner["blocks.0.attn.query.bias"] == "kfac"
-    assert [g["momentum"] for g in optimizer.sgd.param_groups] == [0.9]
+    assert [g["momentum"] for g in optimizer.part("kfac").optimizer.param_groups] == [0.9]
     classical = model("none")  # no QuantumProjection: nothing to leave out, no error
     assert set(owners(build_optimizer(classical, cfg), classical).values()) == {"kfac", "adamw"}
     with pytest.raises(InputError, match="optim.kfac.momentum must lie in"):

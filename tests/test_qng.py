@@ -177,7 +177,7 @@ def test_build_optimizer_gives_qng_every_circuit_weight_and_adamw_the_rest():
     qng = optimizer.preconditioners["qng"]
     circuit_weights = [m.weights for m in model.modules() if isinstance(m, QuantumLayer)]
     assert [id(p) for p in qng.params] == [id(p) for p in circuit_weights] and len(circuit_weights) == 1
-    assert optimizer.sgd.param_groups[0]["lr"] == 0.2
+    assert optimizer.part("qng").optimizer.param_groups[0]["lr"] == 0.2
     owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert owned == set(trainable_parameters(model))
     assert (qng.damping, qng.approx, qng.curvature_every, qng.metric_samples) == (1e-3, "block-diag", 1, 64)

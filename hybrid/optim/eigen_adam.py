@@ -12,14 +12,14 @@ step is AdamW's: lr, betas, eps and decoupled weight decay as ``torch.optim.Adam
 Before the first basis (steps < basis_every) the bases are the identity, so the update is
 AdamW's while the factors gather batches.
 
-Only layer selection, hooks and the running factors come from ``KFACPreconditioner`` (a
-subclass); the step is this module's.
+Layer selection (``kfac_layers``), the hooks (``LinearCapture``) and the running factors
+(``fold_factors``) are the pieces K-FAC uses too; the step is this module's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +27,18 @@ import torch
 from torch import nn
 
 from hybrid.errors import check_choice, check_number
-from hybrid.optim.kfac import FISHERS, KFAC_APPROX, KFACPreconditioner
+from hybrid.optim.kfac import FISHERS, KFAC_APPROX
 from hybrid.optim.kfac_blocks import adam_direction, decompose
+from hybrid.optim.kfac_capture import LinearCapture, fold_factors
+from hybrid.optim.linear_layers import grad_matrix, kfac_layers, report_excluded, write_grad
+from hybrid.optim.optimizer import settings_or_keywords
 from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.optim.reduce import rank_and_size, share_from_owners
 
 
 @dataclass
 class EigenAdamSettings:
-    """``[optim.eigen_adam]``: the keyword arguments of ``EigenAdamPreconditioner`` and its SGD step's lr."""
+    """``[optim.eigen_adam]``: the settings ``EigenAdamPreconditioner`` takes, and its SGD step's lr."""
 
     lr: float = 3e-3  # peak learning rate, in AdamW's units (the SGD step applies the Adam direction as is)
     beta1: float = 0.9  # Adam's first-moment decay, in the eigenbasis
@@ -64,13 +67,9 @@ class EigenAdamSettings:
         check_choice(f"{prefix}fisher", self.fisher, FISHERS)
         return self
 
-    def preconditioner_kwargs(self) -> dict:
-        """The keyword arguments of ``EigenAdamPreconditioner`` (all but the SGD step's lr and ``to_angles``)."""
-        kwargs = dataclasses.asdict(self)
-        for key in ("lr", "to_angles"):
-            kwargs.pop(key)
-        kwargs["exclude"] = [p for p in self.exclude.split(",") if p.strip()]
-        return kwargs
+    def patterns(self) -> list[str]:
+        """``exclude`` as a list of patterns."""
+        return [p.strip() for p in self.exclude.split(",") if p.strip()]
 
 
 _DEFAULT = EigenAdamSettings()
@@ -97,7 +96,7 @@ def carry_moments(
     return RG @ m @ RA.mT, (RG * RG) @ v @ (RA * RA).mT
 
 
-class EigenAdamPreconditioner(KFACPreconditioner):
+class EigenAdamPreconditioner:
     r"""Adam on each selected ``nn.Linear``'s ``[W | b]`` in the eigenbasis of its K-FAC factors.
 
     .. math:: \nabla_W \leftarrow Q_G \frac{\hat m}{\sqrt{\hat v} + \epsilon} Q_A^T + \mathrm{wd}\, W,
@@ -111,59 +110,68 @@ class EigenAdamPreconditioner(KFACPreconditioner):
     layer, counting the steps on which the layer had a gradient, as AdamW's per parameter.
 
     Args:
-        model: the model; K-FAC's hooks go on the layers ``kfac_layers`` selects.
-        beta1, beta2, eps, weight_decay: AdamW's.
-        basis_every: steps between basis refreshes; the first is at step ``basis_every``.
-        curvature_every, curvature_ema, approx, fisher, exclude, max_dim, seed: as ``KFACPreconditioner``'s.
+        model: the model; the capture's hooks go on the layers ``kfac_layers`` selects.
+        settings: an ``EigenAdamSettings`` already validated (``validate(cfg)``); its ``lr`` and
+            ``to_angles`` are the SGD step's and the registry's.
+        exclude: patterns left to AdamW besides ``settings.exclude``.
+        seed: seeds the label sampling of ``fisher="mc"``.
+        **keywords: ``EigenAdamSettings`` fields instead of (or over) ``settings``, validated here.
 
     Raises:
-        InputError: bad settings, or a model ``kfac_layers`` refuses.
+        InputError: bad keywords, or a model ``kfac_layers`` refuses.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        beta1: float = _DEFAULT.beta1,
-        beta2: float = _DEFAULT.beta2,
-        eps: float = _DEFAULT.eps,
-        weight_decay: float = _DEFAULT.weight_decay,
-        basis_every: int = _DEFAULT.basis_every,
-        curvature_every: int = _DEFAULT.curvature_every,
-        curvature_ema: float = _DEFAULT.curvature_ema,
-        approx: str = _DEFAULT.approx,
-        fisher: str = _DEFAULT.fisher,
-        exclude: Iterable[str] = (),
-        max_dim: int = _DEFAULT.max_dim,
-        seed: int = 0,
-    ):
-        EigenAdamSettings(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, basis_every=basis_every,
-                          curvature_every=curvature_every, curvature_ema=curvature_ema, approx=approx, fisher=fisher,
-                          max_dim=max_dim).validate(prefix="")  # fmt: skip
-        super().__init__(model, curvature_every=curvature_every, inverse_every=basis_every,
-                         curvature_ema=curvature_ema, approx=approx, fisher=fisher, kl_clip=0.0, exclude=exclude,
-                         max_dim=max_dim, seed=seed)  # fmt: skip
-        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
-        self.basis_every = basis_every
+        self, model: nn.Module, settings: EigenAdamSettings | None = None, *, exclude: Iterable[str] = (),
+        seed: int = 0, **keywords,
+    ):  # fmt: skip
+        s = self.settings = settings_or_keywords(EigenAdamSettings, settings, keywords)
+        self.beta1, self.beta2, self.eps, self.weight_decay = s.beta1, s.beta2, s.eps, s.weight_decay
+        self.basis_every, self.curvature_every, self.curvature_ema = s.basis_every, s.curvature_every, s.curvature_ema
+        self.fisher = s.fisher
+        self.layers, self.excluded = kfac_layers(model, [*s.patterns(), *exclude], s.max_dim)
+        report_excluded(type(self).__name__, self.layers, self.excluded)  # once, when the optimizer is built
+        self.params = [p for m in self.layers.values() for p in (m.weight, m.bias) if p is not None and p.requires_grad]
+        self.steps = 0  # precondition() calls so far
+        self.fallbacks = 0
+        self.capture = LinearCapture(self.layers, s.fisher, s.approx, self._curvature_due, seed)
+        self.A: dict[str, torch.Tensor] = {}
+        self.G: dict[str, torch.Tensor] = {}
         self.bases: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (QA, QG), once refreshed
         self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (m, v) in the current basis
         self.counts: dict[str, int] = {}  # name -> Adam steps taken (bias correction)
+
+    def _curvature_due(self) -> bool:
+        return self.steps % self.curvature_every == 0
+
+    @contextmanager
+    def captures_kept(self) -> Iterator[None]:
+        """On exit, the hooks hold again what they held on entry (see ``KFACPreconditioner``)."""
+        with self.capture.kept():
+            yield
+
+    def remove(self) -> None:
+        """Remove the hooks; the preconditioner no longer sees the model."""
+        self.capture.remove()
+
+    def before_backward(self, logits: torch.Tensor) -> None:
+        """``fisher="mc"`` on a curvature step: the sampled-label backward of ``LinearCapture``."""
+        self.capture.sampled_backward(logits, self.params)
 
     @torch.no_grad()
     def precondition(self, lr: float) -> None:
         """Update the factors and bases when due, then write each owned ``.grad``'s AdamW
         direction in the eigenbasis (see the class docstring; ``lr`` unused)."""
         if self._curvature_due():
-            self._update_factors(self._batch_factors())
-        for captured in (*self._inputs.values(), *self._grads.values()):
-            captured.clear()
+            self.fallbacks += fold_factors(self.A, self.G, self.capture.batch_factors(), self.curvature_ema)
+        self.capture.clear()
         if self.steps > 0 and self.steps % self.basis_every == 0:
             self.refresh_bases()
         for name, layer in self.layers.items():
-            grad = self._grad_matrix(name)  # (d_out, d_a)
+            grad = grad_matrix(layer)  # (d_out, d_a)
             if grad is None:
                 continue
-            self._write(name, self._adam_update(name, grad))  # (d_out, d_a), in the weight's own layout
+            write_grad(layer, self._adam_update(name, grad))  # (d_out, d_a), in the weight's own layout
             layer.weight.grad.add_(layer.weight, alpha=self.weight_decay)
         self.steps += 1
 
@@ -215,23 +223,32 @@ class EigenAdamPreconditioner(KFACPreconditioner):
         not finite or failed, so far."""
         return {"eigen_adam_fallbacks": float(self.fallbacks)}
 
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer name: (A, G)}``, the running averages (live tensors), as ``KFACPreconditioner.factors``."""
+        return {name: (self.A[name], self.G[name]) for name in self.A}
+
     def state_dict(self) -> dict[str, Any]:
         return {
-            **super().state_dict(),
+            "steps": self.steps, "fallbacks": self.fallbacks, "A": dict(self.A), "G": dict(self.G),
+            "generator": self.capture.generator.get_state(),
             "bases": {n: tuple(b) for n, b in self.bases.items()},
             "moments": {n: tuple(mv) for n, mv in self.moments.items()},
             "counts": dict(self.counts),
-        }
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = (set(state["bases"]) | set(state["moments"])) - set(self.layers)
+        """Load a ``state_dict()`` (checkpoints of the subclass-of-K-FAC days carry K-FAC's unused keys too)."""
+        unknown = (set(state["A"]) | set(state["bases"]) | set(state["moments"])) - set(self.layers)
         if unknown:
             raise ValueError(f"eigenbasis-Adam state has layers {sorted(unknown)} this model does not")
-        super().load_state_dict(state)
 
         def to(name, tensors):
             return tuple(t.to(self.layers[name].weight.device, copy=True) for t in tensors)
 
+        self.steps, self.fallbacks = int(state["steps"]), int(state["fallbacks"])
+        self.A = {n: to(n, (t,))[0] for n, t in state["A"].items()}
+        self.G = {n: to(n, (t,))[0] for n, t in state["G"].items()}
+        self.capture.generator.set_state(state["generator"])
         self.bases = {n: to(n, b) for n, b in state["bases"].items()}
         self.moments = {n: to(n, mv) for n, mv in state["moments"].items()}
         self.counts = {n: int(c) for n, c in state["counts"].items()}
@@ -249,10 +266,13 @@ class EigenAdamKFAC(PreconditionedSGD):
     Args:
         model: the model whose ``nn.Linear`` layers are optimized.
         lr: AdamW's learning rate.
-        **kwargs: ``EigenAdamPreconditioner`` settings (beta1, weight_decay, basis_every, ...).
+        exclude, seed: ``EigenAdamPreconditioner``'s.
+        **settings: the other ``EigenAdamSettings`` fields (beta1, weight_decay, basis_every, ...).
     """
 
-    def __init__(self, model: nn.Module, lr: float = _DEFAULT.lr, **kwargs):
-        check_number("lr", lr, low=0, low_open=True)
-        self.eigen_adam = EigenAdamPreconditioner(model, **kwargs)
+    def __init__(
+        self, model: nn.Module, lr: float = _DEFAULT.lr, *, exclude: Iterable[str] = (), seed: int = 0, **settings
+    ):  # fmt: skip
+        checked = EigenAdamSettings(lr=lr, **settings).validate(prefix="")
+        self.eigen_adam = EigenAdamPreconditioner(model, checked, exclude=exclude, seed=seed)
         super().__init__(self.eigen_adam, "eigen_adam", lr=lr)

@@ -1,13 +1,14 @@
 r"""K-FAC for the linear layers of a model (Martens & Grosse 2015; Eschenhagen et al. 2023):
 ``nn.Linear`` and Hugging Face's ``Conv1D`` (GPT-2's attention and MLP projections).
 
-The bookkeeping: which layers, hooks, when to refresh what, state. The curvature math of one
-layer is in ``hybrid.optim.kfac_blocks``.
+The bookkeeping: which layers, when to refresh what, state. The hooks that capture each
+layer's x and g are ``hybrid.optim.kfac_capture``'s; the curvature math of one layer, and the
+two block types (``eigh``, ``cholesky``), are in ``hybrid.optim.kfac_blocks``.
 
-    forward / backward (curvature steps only):  hooks keep each layer's input x and output gradient g
+    forward / backward (curvature steps only):  the capture keeps each layer's input x and output gradient g
     precondition(lr):
         every curvature_every steps:   A <- ema A + (1 - ema) A_batch,   G <- ema G + (1 - ema) G_batch
-        every inverse_every steps:     eigendecompose A and G (or Cholesky-invert their damped forms)
+        every inverse_every steps:     decompose A and G (the block type: eigh, or Cholesky of their damped forms)
         every step:                    grad <- nu (G (x) A + damping I)^-1 grad,  nu = KL clip (<= 1)
         graft:                         each layer's update rescaled to the norm of AdamW's (lr in AdamW units)
         steps < adam_steps:            grad <- AdamW's direction; factors every step, decomposed when K-FAC starts
@@ -15,46 +16,36 @@ layer is in ``hybrid.optim.kfac_blocks``.
 Weights and biases are one matrix ``[W | b]`` of shape (d_out, d_in + 1), flattened row-major
 as PyTorch stores ``W``; its curvature block is ``kron(G, A)``. ``Conv1D`` stores its weight
 transposed, (d_in, d_out) with y = x W + b: its ``[W^T | b]`` is the same matrix, so its
-factors are those of the equivalent ``nn.Linear`` and its update is transposed back. Hooks are registered in one
-place (``__init__``), store raw tensors, and return at once on steps whose factors are not
-refreshed; all math happens in ``precondition``.
+factors are those of the equivalent ``nn.Linear`` and its update is transposed back
+(``hybrid.optim.linear_layers.grad_matrix`` and ``write_grad``).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hybrid.errors import InputError, check_choice, check_number
-from hybrid.optim.kfac_blocks import (
-    adam_direction,
-    batch_factors,
-    decompose,
-    eigen_precondition,
-    factored_damping,
-    inverse_precondition,
-)
-from hybrid.optim.linear_layers import is_transposed, kfac_layers, layer_dims, report_excluded
+from hybrid.optim.kfac_blocks import BLOCKS, adam_direction
+from hybrid.optim.kfac_capture import LinearCapture, fold_factors
+from hybrid.optim.linear_layers import grad_matrix, kfac_layers, layer_dims, report_excluded, write_grad
+from hybrid.optim.optimizer import settings_or_keywords
 from hybrid.optim.preconditioned import PreconditionedSGD
-from hybrid.optim.reduce import rank_and_size, row_offset, share_from_owners, weighted_mean
+from hybrid.optim.reduce import rank_and_size, share_from_owners
 
 FISHERS = ("empirical", "mc")
 KFAC_APPROX = ("expand", "reduce")
-INVERSES = ("eigh", "cholesky")
+INVERSES = tuple(BLOCKS)
 
 
 @dataclass
 class KFACSettings:
-    """``[optim.kfac]``: the keyword arguments of ``KFACPreconditioner`` and of its SGD step.
+    """``[optim.kfac]``: the settings ``KFACPreconditioner`` takes, and its SGD step's.
 
     Defaults are tuned on the default model (README, K-FAC); damping is in units of the Fisher
     of one loss term (one token).
@@ -98,13 +89,9 @@ class KFACSettings:
         check_choice(f"{prefix}inverse", self.inverse, INVERSES)
         return self
 
-    def preconditioner_kwargs(self) -> dict:
-        """The keyword arguments of ``KFACPreconditioner`` (all but the SGD step's and ``to_angles``)."""
-        kwargs = dataclasses.asdict(self)
-        for key in ("lr", "momentum", "to_angles"):
-            kwargs.pop(key)
-        kwargs["exclude"] = [p for p in self.exclude.split(",") if p.strip()]
-        return kwargs
+    def patterns(self) -> list[str]:
+        """``exclude`` as a list of patterns."""
+        return [p.strip() for p in self.exclude.split(",") if p.strip()]
 
 
 _DEFAULT = KFACSettings()
@@ -138,60 +125,32 @@ class KFACPreconditioner:
       at step ``adam_steps``: K-FAC starts from factors that have seen ``adam_steps`` batches.
       The lr must suit both phases, so use it with ``graft`` (or an lr in AdamW's units).
 
-    Defaults are ``KFACSettings``'s, so the Python API and ``hybrid train`` agree.
+    ``kl_clip`` is kappa, the bound on ``s^T (F + damping) s = nu^2 lr^2 <Delta, grad>`` (about
+    twice the KL divergence) of the step ``s = lr nu Delta``; 0 disables the clip.
 
     Args:
-        model: the model; hooks go on the selected layers.
-        damping: lambda > 0, in the units of the Fisher of one loss term.
-        curvature_every: steps between factor updates (the hooks do nothing on other steps).
-        inverse_every: steps between decompositions of the factors.
-        curvature_ema: weight of the old factors in the running average; the first update
-            takes the batch factors as they are.
-        approx: ``"expand"`` or ``"reduce"`` for inputs with a sequence dimension.
-        fisher: ``"empirical"`` (the training gradients) or ``"mc"`` (one more backward with
-            labels drawn from the model: ``sampled_backward``, which the training loop calls).
-        kl_clip: kappa, the bound on ``s^T (F + damping) s = nu^2 lr^2 <Delta, grad>`` (about twice
-            the KL divergence) of the step ``s = lr nu Delta``; 0 disables the clip.
-        inverse: ``"eigh"`` or ``"cholesky"``.
-        exclude, max_dim: see ``kfac_layers``.
-        graft, adam_steps, beta1, beta2, eps: see above.
+        model: the model; the capture's hooks go on the layers ``kfac_layers`` selects.
+        settings: a ``KFACSettings`` already validated (``validate(cfg)`` checks ``[optim.kfac]``);
+            its ``lr``, ``momentum`` and ``to_angles`` are the SGD step's and the registry's.
+        exclude: patterns left to AdamW besides ``settings.exclude`` (see ``kfac_layers``).
         seed: seeds the label sampling of ``fisher="mc"``.
+        **keywords: ``KFACSettings`` fields instead of (or over) ``settings``, validated here,
+            e.g. ``KFACPreconditioner(model, damping=1e-3)``; defaults are ``KFACSettings``'s.
 
     Raises:
-        InputError: bad settings, or a model ``kfac_layers`` refuses.
+        InputError: bad keywords, or a model ``kfac_layers`` refuses.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        damping: float = _DEFAULT.damping,
-        curvature_every: int = _DEFAULT.curvature_every,
-        inverse_every: int = _DEFAULT.inverse_every,
-        curvature_ema: float = _DEFAULT.curvature_ema,
-        approx: str = _DEFAULT.approx,
-        fisher: str = _DEFAULT.fisher,
-        kl_clip: float = _DEFAULT.kl_clip,
-        inverse: str = _DEFAULT.inverse,
-        exclude: Iterable[str] = (),
-        max_dim: int = _DEFAULT.max_dim,
-        graft: bool = _DEFAULT.graft,
-        adam_steps: int = _DEFAULT.adam_steps,
-        beta1: float = _DEFAULT.beta1,
-        beta2: float = _DEFAULT.beta2,
-        eps: float = _DEFAULT.eps,
-        seed: int = 0,
-    ):
-        KFACSettings(damping=damping, curvature_every=curvature_every, inverse_every=inverse_every,
-                     curvature_ema=curvature_ema, approx=approx, fisher=fisher, kl_clip=kl_clip, inverse=inverse,
-                     max_dim=max_dim, graft=graft, adam_steps=adam_steps, beta1=beta1, beta2=beta2,
-                     eps=eps).validate(prefix="")  # fmt: skip
-        kfac_approx = approx
-        self.damping, self.curvature_every, self.inverse_every = damping, curvature_every, inverse_every
-        self.curvature_ema, self.kfac_approx, self.fisher = curvature_ema, kfac_approx, fisher
-        self.kl_clip, self.inverse = kl_clip, inverse
-        self.graft, self.adam_steps, self.betas, self.eps = graft, adam_steps, (beta1, beta2), eps
-        self.layers, self.excluded = kfac_layers(model, exclude, max_dim)
+        self, model: nn.Module, settings: KFACSettings | None = None, *, exclude: Iterable[str] = (), seed: int = 0,
+        **keywords,
+    ):  # fmt: skip
+        s = self.settings = settings_or_keywords(KFACSettings, settings, keywords)
+        self.damping, self.curvature_every, self.inverse_every = s.damping, s.curvature_every, s.inverse_every
+        self.curvature_ema, self.fisher, self.kl_clip = s.curvature_ema, s.fisher, s.kl_clip
+        self.graft, self.adam_steps, self.betas, self.eps = s.graft, s.adam_steps, (s.beta1, s.beta2), s.eps
+        self.block = BLOCKS[s.inverse]
+        self.layers, self.excluded = kfac_layers(model, [*s.patterns(), *exclude], s.max_dim)
         report_excluded(type(self).__name__, self.layers, self.excluded)  # once, when the optimizer is built
         owned = [(name, p) for name, m in self.layers.items() for p in (m.weight, m.bias)
                  if p is not None and p.requires_grad]  # fmt: skip
@@ -199,57 +158,27 @@ class KFACPreconditioner:
         self._owner = [name for name, _ in owned]  # the layer of each of params
         self.steps = 0  # precondition() calls so far
         self.fallbacks = 0
-        self.generator = torch.Generator().manual_seed(seed)  # CPU: same labels on any device
+        self.capture = LinearCapture(self.layers, s.fisher, s.approx, self._curvature_due, seed)
         self.A: dict[str, torch.Tensor] = {}
         self.G: dict[str, torch.Tensor] = {}
-        self._decomposed: dict[str, dict[str, torch.Tensor]] = {}  # name -> {"QA", "lA", ...} or {"A_inv", ...}
+        self._decomposed: dict[str, dict[str, torch.Tensor]] = {}  # name -> the block type's entry ({"QA", ...})
         self._batched: list[tuple[list[str], tuple[torch.Tensor, ...]]] = []  # stacked per shape, for bmm
         self._kl_scale = torch.ones(())
         self._adam: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # index in params -> (m, v, steps)
-        self._sampling = False
-        self._inputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-        self._grads: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.layers}  # forward index -> grad
-        self._handles = [
-            layer.register_forward_hook(partial(self._save_input, name), with_kwargs=True)
-            for name, layer in self.layers.items()
-        ]
-
-    # -- hooks: the only hidden control flow; raw tensors only, nothing off curvature steps ----------
 
     def _curvature_due(self) -> bool:
         return self.steps < self.adam_steps or self.steps % self.curvature_every == 0
-
-    def _save_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-        if not (self._curvature_due() and torch.is_grad_enabled() and output.requires_grad):
-            return  # off curvature steps, evaluation and generation: one check and out
-        self._inputs[name].append((args[0] if args else kwargs["input"]).detach())
-        # A tensor hook on the output, not a module backward hook: it still sees the right
-        # gradient when an in-place activation modifies the output afterwards, and it pairs the
-        # gradient with its own forward: a forward that is never backpropagated (a loss printed
-        # with grad enabled) has no gradient and is left out of the factors.
-        output.register_hook(partial(self._save_grad, name, len(self._inputs[name]) - 1))
-
-    def _save_grad(self, name: str, index: int, grad: torch.Tensor) -> None:
-        if self._sampling == (self.fisher == "mc"):  # mc: only the sampled backward; empirical: only the real one
-            grads = self._grads[name]
-            grads[index] = grads[index] + grad.detach() if index in grads else grad.detach()
 
     @contextmanager
     def captures_kept(self) -> Iterator[None]:
         """On exit, the hooks hold again what they held on entry: forward and backward passes
         made inside (a diagnostic, a loss probe) do not reach the next factor update."""
-        saved = [(held, {name: copy.copy(v) for name, v in held.items()}) for held in (self._inputs, self._grads)]
-        try:
+        with self.capture.kept():
             yield
-        finally:
-            for held, before in saved:
-                held.update(before)
 
     def remove(self) -> None:
         """Remove the hooks; the preconditioner no longer sees the model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self.capture.remove()
 
     def sampled_backward(self, logits: torch.Tensor) -> None:
         """With ``fisher="mc"`` on a curvature step: backpropagate the mean cross-entropy of
@@ -261,20 +190,9 @@ class KFACPreconditioner:
             logits: (..., V) the model's output with its graph; the training loss must be the
                 mean cross-entropy over the same positions.
         """
-        if self.fisher != "mc" or not self._curvature_due() or not logits.requires_grad:
-            return
-        flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
-        cdf = F.softmax(flat.detach().double(), dim=-1).cumsum(-1)  # (M, V)
-        # Data parallel: every rank draws all ranks' uniforms and keeps its rows, as one process would.
-        start, total = row_offset(flat.shape[0], flat.device)
-        u = torch.rand(total, 1, generator=self.generator, dtype=torch.float64)[start : start + flat.shape[0]]
-        u = u.to(flat.device)  # (M, 1)
-        labels = torch.searchsorted(cdf, u, right=True).clamp_(max=flat.shape[-1] - 1).squeeze(1)  # (M,)
-        self._sampling = True
-        try:
-            torch.autograd.grad(F.cross_entropy(flat, labels), self.params, retain_graph=True, allow_unused=True)
-        finally:
-            self._sampling = False
+        self.capture.sampled_backward(logits, self.params)
+
+    before_backward = sampled_backward  # what HybridOptimizer.before_backward calls
 
     # -- the step -------------------------------------------------------------------------------------
 
@@ -283,9 +201,8 @@ class KFACPreconditioner:
         """Update the factors and their decompositions when due, then replace each owned
         ``.grad`` by its clipped natural-gradient direction (see the class docstring)."""
         if self._curvature_due():
-            self._update_factors(self._batch_factors())
-        for captured in (*self._inputs.values(), *self._grads.values()):
-            captured.clear()
+            self.fallbacks += fold_factors(self.A, self.G, self.capture.batch_factors(), self.curvature_ema)
+        self.capture.clear()
         adam = self._adam_directions() if self.graft or self.steps < self.adam_steps else None
         if self.steps < self.adam_steps:
             for p, direction in zip(self.params, adam, strict=True):
@@ -310,121 +227,55 @@ class KFACPreconditioner:
             directions.append(adam_direction(p.grad, m, v, t + 1, *self.betas, self.eps))
         return directions
 
-    def _batch_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """This step's A and G per layer, averaged over the ranks of data-parallel training.
-
-        Rank r's factors average its own M_r rows, and its g are of its own mean loss, so
-        ``M_r g`` is the per-token gradient, as in one process: A and G over the global batch
-        are the ranks' weighted by their rows (M_r for G, A's rows for A), one all-reduce.
-        """
-        factors, counts = {}, {}
-        for name, layer in self.layers.items():
-            x, g = self._inputs[name], self._grads[name]
-            if not x and layer.weight.grad is not None:
-                raise RuntimeError(
-                    f"K-FAC saw no forward pass of {name!r} but it has a gradient: its weight is used "
-                    "outside its forward(); exclude it from K-FAC"
-                )
-            if not g and layer.weight.grad is None:
-                continue  # the layer did not take part in this step's loss
-            if not g:
-                hint = "; with fisher='mc', call sampled_backward(logits) before loss.backward()"
-                hint *= self.fisher == "mc"
-                raise RuntimeError(f"K-FAC saw {len(x)} forward passes of {name!r} but no backward through them{hint}")
-            paired = sorted(g)  # forwards that were backpropagated
-            factors[name] = batch_factors([x[i] for i in paired], [g[i] for i in paired], self.kfac_approx,
-                                          layer.bias is not None)  # fmt: skip
-            tokens = [x[i].shape[:-1].numel() for i in paired]  # G's rows; A's unless reduce sums over positions
-            rows = [t if self.kfac_approx == "expand" or x[i].dim() == 2 else x[i].shape[0]
-                    for t, i in zip(tokens, paired, strict=True)]  # fmt: skip
-            counts[name] = (sum(rows), sum(tokens))
-        if rank_and_size()[1] == 1:
-            return factors
-        for name, layer in self.layers.items():  # a layer without this step's data here still takes part
-            if name not in factors:
-                d_out, d_in = layer_dims(layer)
-                d_a = d_in + (layer.bias is not None)
-                w = layer.weight
-                factors[name] = (w.new_zeros(d_a, d_a), w.new_zeros(d_out, d_out))
-                counts[name] = (0, 0)
-        return weighted_mean({n: factors[n] for n in self.layers}, counts)
-
-    def _update_factors(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for name, (A, G) in factors.items():
-            if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
-                self.fallbacks += 1  # a bad batch must not poison the running averages
-                continue
-            if name in self.A:
-                self.A[name].lerp_(A, 1 - self.curvature_ema)
-                self.G[name].lerp_(G, 1 - self.curvature_ema)
-            else:
-                self.A[name], self.G[name] = A, G
-
     def _decompose(self) -> None:
-        """Decompose every factor, batched by size, in float64; failures keep the old result.
-        Data parallel: layer i is decomposed on rank i % world size alone and broadcast."""
+        """Decompose every factor as the block type does, batched by size, in float64; failures
+        keep the old result. Data parallel: layer i is decomposed on rank i % world size alone
+        and broadcast."""
         rank, size = rank_and_size()
         owners = {(name, key): i % size for i, name in enumerate(self.A) for key in ("A", "G")}
         todo: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}  # (size, device) -> [(layer, "A"/"G", matrix)]
         for name in (n for n in self.A if owners[n, "A"] == rank):
-            A, G = self.A[name].double(), self.G[name].double()
-            if self.inverse == "cholesky":
-                A, G = factored_damping(A, G, self.damping)
+            A, G = self.block.damped(self.A[name].double(), self.G[name].double(), self.damping)
             for key, M in (("A", A), ("G", G)):
                 todo.setdefault((M.shape[0], M.device), []).append((name, key, M))
         results = {}
         for items in todo.values():
-            for (name, key, _), result in zip(items, decompose([M for *_, M in items], self.inverse), strict=True):
-                results[name, key] = result if result is None or self.inverse == "eigh" else (result,)
+            for (name, key, _), result in zip(items, self.block.decompose([M for *_, M in items]), strict=True):
+                results[name, key] = result
         if size > 1:
             f64 = {"dtype": torch.float64, "device": next(iter(self.A.values())).device}
-            like = {(n, k): (torch.empty(d, d, **f64), torch.empty(d, **f64)) if self.inverse == "eigh"
-                    else (torch.empty(d, d, **f64),)
+            like = {(n, k): self.block.like(d, **f64)
                     for n in self.A for k, d in (("A", self.A[n].shape[0]), ("G", self.G[n].shape[0]))}  # fmt: skip
             results = share_from_owners(results, owners, like)
         for (name, key), result in results.items():
             if result is None:
                 self.fallbacks += 1
                 continue
-            dtype = self.A[name].dtype
-            entry = self._decomposed.setdefault(name, {})
-            if self.inverse == "eigh":
-                entry[f"Q{key}"], entry[f"l{key}"] = result[0].to(dtype), result[1]
-            else:
-                entry[f"{key}_inv"] = result[0].to(dtype)
+            self._decomposed.setdefault(name, {}).update(self.block.entry(key, result, self.A[name].dtype))
         self._batch_decompositions()
 
     def _batch_decompositions(self) -> None:
         """Stack the decompositions of layers of equal shape, so one bmm serves them all."""
         groups: dict[tuple, list[str]] = {}
         for name, entry in self._decomposed.items():
-            if len(entry) == (4 if self.inverse == "eigh" else 2):  # both factors decomposed at least once
+            if len(entry) == len(self.block.keys):  # both factors decomposed at least once
                 layer = self.layers[name]
                 key = (*layer_dims(layer), layer.bias is not None, layer.weight.device)
                 groups.setdefault(key, []).append(name)
-        self._batched = []
-        for names in groups.values():
-            entries = [self._decomposed[n] for n in names]
-            if self.inverse == "eigh":
-                QG, QA = torch.stack([e["QG"] for e in entries]), torch.stack([e["QA"] for e in entries])
-                lam = torch.stack([e["lG"][:, None] * e["lA"][None, :] for e in entries])  # (k, d_out, d_a), float64
-                ops = (QG, QA, (1 / (lam + self.damping)).to(QG.dtype))
-            else:
-                ops = (torch.stack([e["G_inv"] for e in entries]), torch.stack([e["A_inv"] for e in entries]))
-            self._batched.append((names, ops))
+        self._batched = [(names, self.block.operators([self._decomposed[n] for n in names], self.damping))
+                         for names in groups.values()]  # fmt: skip
 
     def _precondition_grads(self, lr: float, adam: list[torch.Tensor | None] | None = None) -> None:
-        apply = eigen_precondition if self.inverse == "eigh" else inverse_precondition
         done, vg = [], torch.zeros((), dtype=torch.float64)
         for names, ops in self._batched:
-            grads = [self._grad_matrix(n) for n in names]
+            grads = [grad_matrix(self.layers[n]) for n in names]
             idx = [i for i, g in enumerate(grads) if g is not None]
             if not idx:
                 continue
             if len(idx) < len(names):
                 ops = tuple(op[idx] for op in ops)
             grad = torch.stack([grads[i] for i in idx])  # (k, d_out, d_in + 1)
-            update = apply(grad, *ops)  # (k, d_out, d_in + 1)
+            update = self.block.apply(grad, *ops)  # (k, d_out, d_in + 1)
             vg = vg.to(grad.device) + (update * grad).sum(dtype=torch.float64)
             done.append(([names[i] for i in idx], update))
         # KL clip (Ba et al. 2017): lr^2 <update, grad> = s^T (F + damping) s of the step s = lr update, ~2 KL
@@ -438,7 +289,7 @@ class KFACPreconditioner:
                 target = torch.stack([self._adam_norm(n, adam) for n in names]).to(norm)  # (k,)
                 update.mul_(torch.where(norm > 0, target / norm, 1.0)[:, None, None])
             for name, u in zip(names, update, strict=True):
-                self._write(name, u)
+                write_grad(self.layers[name], u)
         if self.graft:  # layers without a decomposition yet: AdamW's direction, not the raw gradient
             written = {name for names, _ in done for name in names}
             for i, p in enumerate(self.params):
@@ -450,26 +301,6 @@ class KFACPreconditioner:
         """Frobenius norm of AdamW's direction for layer ``name``'s ``[W | b]``."""
         parts = [adam[i] for i, owner in enumerate(self._owner) if owner == name and adam[i] is not None]
         return torch.stack([d.square().sum() for d in parts]).sum().sqrt()
-
-    def _write(self, name: str, update: torch.Tensor) -> None:
-        """(d_out, d_a) update -> the layer's ``weight.grad`` (transposed back for a Conv1D) and ``bias.grad``."""
-        layer = self.layers[name]
-        d_in = layer_dims(layer)[1]
-        grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in), a view
-        grad.copy_(update[:, :d_in])
-        if layer.bias is not None and layer.bias.grad is not None:
-            layer.bias.grad.copy_(update[:, d_in])
-
-    def _grad_matrix(self, name: str) -> torch.Tensor | None:
-        """The layer's gradient as ``[dW | db]`` (d_out, d_in + bias), W in nn.Linear's layout."""
-        layer = self.layers[name]
-        if layer.weight.grad is None:
-            return None
-        grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in)
-        if layer.bias is None:
-            return grad
-        bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
-        return torch.cat([grad, bias[:, None]], dim=1)  # (d_out, d_in + 1)
 
     # -- what it reports and saves ----------------------------------------------------------------------
 
@@ -486,19 +317,19 @@ class KFACPreconditioner:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "steps": self.steps, "fallbacks": self.fallbacks, "inverse": self.inverse,
+            "steps": self.steps, "fallbacks": self.fallbacks, "inverse": self.block.name,
             "A": dict(self.A), "G": dict(self.G),
             "decomposed": {name: dict(entry) for name, entry in self._decomposed.items()},
-            "generator": self.generator.get_state(), "kl_scale": float(self._kl_scale),
+            "generator": self.capture.generator.get_state(), "kl_scale": float(self._kl_scale),
             "adam": {i: (m, v, t) for i, (m, v, t) in self._adam.items()},
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = set(state["A"]) - set(self.layers)
-        if unknown or state["inverse"] != self.inverse:
+        if unknown or state["inverse"] != self.block.name:
             raise ValueError(
                 f"K-FAC state does not fit this model and settings (layers {sorted(unknown)}, "
-                f"inverse {state['inverse']!r} vs {self.inverse!r})"
+                f"inverse {state['inverse']!r} vs {self.block.name!r})"
             )
 
         def to(name, t):  # dtypes as saved: factors in the weights' dtype, eigenvalues in float64
@@ -508,7 +339,7 @@ class KFACPreconditioner:
         self.A = {n: to(n, t) for n, t in state["A"].items()}
         self.G = {n: to(n, t) for n, t in state["G"].items()}
         self._decomposed = {n: {k: to(n, t) for k, t in e.items()} for n, e in state["decomposed"].items()}
-        self.generator.set_state(state["generator"])
+        self.capture.generator.set_state(state["generator"])
         self._kl_scale = torch.tensor(float(state["kl_scale"]), dtype=torch.float64)
         devices = [p.device for p in self.params]
         self._adam = {int(i): (m.to(devices[int(i)], copy=True), v.to(devices[int(i)], copy=True), int(t))
@@ -526,22 +357,16 @@ class KFAC(PreconditionedSGD):
 
     Args:
         model: the model whose linear layers (``nn.Linear``, ``Conv1D``) are preconditioned.
-        lr, momentum, weight_decay: of the SGD step.
-        **kwargs: ``KFACPreconditioner`` settings (damping, curvature_every, ...).
+        lr, momentum: of the SGD step (``KFACSettings``' ``lr`` and ``momentum``).
+        weight_decay: of the SGD step.
+        exclude, seed: ``KFACPreconditioner``'s.
+        **settings: the other ``KFACSettings`` fields (damping, curvature_every, ...).
     """
 
     def __init__(
         self, model: nn.Module, lr: float = _DEFAULT.lr, momentum: float = _DEFAULT.momentum,
-        weight_decay: float = 0.0, **kwargs,
+        weight_decay: float = 0.0, *, exclude: Iterable[str] = (), seed: int = 0, **settings,
     ):  # fmt: skip
-        self.kfac = KFACPreconditioner(model, **kwargs)
+        checked = KFACSettings(lr=lr, momentum=momentum, **settings).validate(prefix="")
+        self.kfac = KFACPreconditioner(model, checked, exclude=exclude, seed=seed)
         super().__init__(self.kfac, "kfac", lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def sampled_fisher_backward(optimizer: torch.optim.Optimizer, logits: torch.Tensor) -> None:
-    """``sampled_backward(logits)`` of every K-FAC preconditioner of ``optimizer`` (a
-    ``HybridOptimizer`` or ``KFAC``). Training loops call it between the forward pass and
-    ``loss.backward()``; it does nothing unless ``fisher="mc"`` and a curvature step is due."""
-    for pc in getattr(optimizer, "preconditioners", {}).values():
-        if isinstance(pc, KFACPreconditioner):
-            pc.sampled_backward(logits)

@@ -118,3 +118,68 @@ def adam_direction(
     m.lerp_(grad, 1 - beta1)
     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     return (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)
+
+
+# -- the two block types: how a layer's factors are inverted and applied -----------------------------
+
+
+class EighBlocks:
+    """Exact damping: A = QA diag(lA) QA^T and G likewise (float64 ``eigh``), then
+    ``(G (x) A + damping I)^-1 grad`` in their eigenbasis (``eigen_precondition``)."""
+
+    name = "eigh"
+    keys = ("QA", "lA", "QG", "lG")  # what one layer's entry holds once both factors are decomposed
+
+    def damped(self, A: torch.Tensor, G: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matrices to decompose: the factors as they are (the damping enters in ``operators``)."""
+        return A, G
+
+    def decompose(self, matrices: list[torch.Tensor]) -> list[tuple | None]:
+        """Per (d, d) matrix ``(Q, eigenvalues clamped at 0)``, None where it failed."""
+        return decompose(matrices, "eigh")
+
+    def like(self, d: int, **f64) -> tuple[torch.Tensor, ...]:
+        """Empty tensors shaped as one result (data parallel: what a broadcast receives)."""
+        return torch.empty(d, d, **f64), torch.empty(d, **f64)
+
+    def entry(self, key: str, result: tuple, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Factor ``key``'s ("A" or "G") part of the layer's entry: Q in the factors' dtype, eigenvalues float64."""
+        return {f"Q{key}": result[0].to(dtype), f"l{key}": result[1]}
+
+    def operators(self, entries: list[dict[str, torch.Tensor]], damping: float) -> tuple[torch.Tensor, ...]:
+        """``(QG, QA, 1 / (lG lA^T + damping))`` stacked over layers of one shape, (k, ...) each."""
+        QG, QA = torch.stack([e["QG"] for e in entries]), torch.stack([e["QA"] for e in entries])
+        lam = torch.stack([e["lG"][:, None] * e["lA"][None, :] for e in entries])  # (k, d_out, d_a), float64
+        return QG, QA, (1 / (lam + damping)).to(QG.dtype)
+
+    apply = staticmethod(eigen_precondition)
+
+
+class CholeskyBlocks:
+    """Factored damping, cheaper on large factors: invert ``A + pi sqrt(damping) I`` and
+    ``G + sqrt(damping) / pi I`` (``factored_damping``) by Cholesky, then ``G_inv grad A_inv``."""
+
+    name = "cholesky"
+    keys = ("A_inv", "G_inv")
+
+    def damped(self, A: torch.Tensor, G: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return factored_damping(A, G, damping)
+
+    def decompose(self, matrices: list[torch.Tensor]) -> list[tuple | None]:
+        """Per (d, d) matrix ``(inverse,)``, None where it failed."""
+        return [None if inverse is None else (inverse,) for inverse in decompose(matrices, "cholesky")]
+
+    def like(self, d: int, **f64) -> tuple[torch.Tensor, ...]:
+        return (torch.empty(d, d, **f64),)
+
+    def entry(self, key: str, result: tuple, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {f"{key}_inv": result[0].to(dtype)}
+
+    def operators(self, entries: list[dict[str, torch.Tensor]], damping: float) -> tuple[torch.Tensor, ...]:
+        """``(G_inv, A_inv)`` stacked over layers of one shape (damped when decomposed)."""
+        return torch.stack([e["G_inv"] for e in entries]), torch.stack([e["A_inv"] for e in entries])
+
+    apply = staticmethod(inverse_precondition)
+
+
+BLOCKS = {"eigh": EighBlocks(), "cholesky": CholeskyBlocks()}  # KFACSettings.inverse -> block type

@@ -4,6 +4,7 @@ is stored transposed, (d_in, d_out) with y = x W + b.
 
     layers, excluded = kfac_layers(model, exclude=["lm_head"], max_dim=2048)
     d_out, d_in = layer_dims(layers["blocks.0.mlp.fc"])
+    grad = grad_matrix(layers["blocks.0.mlp.fc"])        # [dW | db] (d_out, d_in + 1), nn.Linear's layout
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from hybrid.errors import InputError
@@ -35,6 +37,27 @@ def layer_dims(layer: nn.Module) -> tuple[int, int]:
     """``(d_out, d_in)`` of an ``nn.Linear`` or a ``Conv1D``."""
     d0, d1 = layer.weight.shape
     return (d1, d0) if is_transposed(layer) else (d0, d1)
+
+
+def grad_matrix(layer: nn.Module) -> torch.Tensor | None:
+    """The layer's gradient as ``[dW | db]`` (d_out, d_in + bias), W in nn.Linear's layout; None
+    when the weight has no gradient."""
+    if layer.weight.grad is None:
+        return None
+    grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in)
+    if layer.bias is None:
+        return grad
+    bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
+    return torch.cat([grad, bias[:, None]], dim=1)  # (d_out, d_in + 1)
+
+
+def write_grad(layer: nn.Module, update: torch.Tensor) -> None:
+    """(d_out, d_a) update -> the layer's ``weight.grad`` (transposed back for a Conv1D) and ``bias.grad``."""
+    d_in = layer_dims(layer)[1]
+    grad = layer.weight.grad.T if is_transposed(layer) else layer.weight.grad  # (d_out, d_in), a view
+    grad.copy_(update[:, :d_in])
+    if layer.bias is not None and layer.bias.grad is not None:
+        layer.bias.grad.copy_(update[:, d_in])
 
 
 def kfac_layers(

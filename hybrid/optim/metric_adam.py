@@ -21,13 +21,14 @@ import torch
 from hybrid.errors import check_choice, check_number
 from hybrid.optim.eigen_adam import carry_moments
 from hybrid.optim.kfac_blocks import adam_direction
+from hybrid.optim.optimizer import settings_or_keywords
 from hybrid.optim.preconditioned import PreconditionedSGD
-from hybrid.optim.qng import APPROX, QNGPreconditioner
+from hybrid.optim.qng import APPROX, QNGPreconditioner, QNGSettings
 
 
 @dataclass
 class MetricAdamSettings:
-    """``[optim.metric_adam]``: the keyword arguments of ``MetricAdamPreconditioner`` and its SGD step's lr."""
+    """``[optim.metric_adam]``: the settings ``MetricAdamPreconditioner`` takes, and its SGD step's lr."""
 
     lr: float = 3e-3  # peak learning rate of the circuit weights, in Adam's units
     beta1: float = 0.9  # Adam's first-moment decay, in the metric's eigenbasis
@@ -48,11 +49,6 @@ class MetricAdamSettings:
         check_choice(f"{prefix}approx", "full" if self.approx is None else self.approx, APPROX)
         return self
 
-    def preconditioner_kwargs(self) -> dict:
-        """The keyword arguments of ``MetricAdamPreconditioner``."""
-        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "approx": self.approx,
-                "curvature_every": self.curvature_every, "metric_samples": self.metric_samples}  # fmt: skip
-
 
 _DEFAULT = MetricAdamSettings()
 
@@ -70,34 +66,29 @@ class MetricAdamPreconditioner:
 
     Args:
         layers: the ``QuantumLayer`` modules whose ``weights`` it owns.
-        beta1, beta2, eps: Adam's.
-        approx, curvature_every, metric_samples, seed, method: ``QNGPreconditioner``'s.
+        settings: a ``MetricAdamSettings`` already validated (``validate(cfg)``); its ``lr`` is the SGD step's.
+        seed, method: ``QNGPreconditioner``'s.
+        **keywords: ``MetricAdamSettings`` fields instead of (or over) ``settings``, validated here.
 
     Raises:
-        InputError: as ``QNGPreconditioner``, or a setting out of range.
+        InputError: as ``QNGPreconditioner``, or a keyword out of range.
     """
 
     def __init__(
-        self,
-        layers,
-        beta1: float = _DEFAULT.beta1,
-        beta2: float = _DEFAULT.beta2,
-        eps: float = _DEFAULT.eps,
-        approx: str | None = _DEFAULT.approx,
-        curvature_every: int = _DEFAULT.curvature_every,
-        metric_samples: int = _DEFAULT.metric_samples,
-        seed: int | None = None,
-        method: str | None = None,
-    ):
-        MetricAdamSettings(beta1=beta1, beta2=beta2, eps=eps, approx=approx, curvature_every=curvature_every,
-                           metric_samples=metric_samples).validate(prefix="")  # fmt: skip
-        self.qng = QNGPreconditioner(layers, approx=approx, curvature_every=curvature_every,
-                                     metric_samples=metric_samples, seed=seed, method=method)  # fmt: skip
+        self, layers, settings: MetricAdamSettings | None = None, *, seed: int | None = None,
+        method: str | None = None, **keywords,
+    ):  # fmt: skip
+        s = self.settings = settings_or_keywords(MetricAdamSettings, settings, keywords)
+        metric = QNGSettings(approx=s.approx, curvature_every=s.curvature_every, metric_samples=s.metric_samples)
+        self.qng = QNGPreconditioner(layers, metric, seed=seed, method=method)  # its metric and schedule
         self.params = self.qng.params
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.beta1, self.beta2, self.eps = s.beta1, s.beta2, s.eps
         self.bases: list[torch.Tensor | None] = [None] * len(self.params)  # (P, P) per layer, in the weights' dtype
         self.moments: list[tuple[torch.Tensor, torch.Tensor, int] | None] = [None] * len(self.params)  # m, v, steps
         self.fallbacks = 0
+
+    def before_backward(self, logits: torch.Tensor) -> None:
+        """Nothing, as QNG."""
 
     @torch.no_grad()
     def precondition(self, lr: float) -> None:
@@ -169,10 +160,12 @@ class MetricAdam(PreconditionedSGD):
     Args:
         layers: the ``QuantumLayer`` modules.
         lr: Adam's learning rate.
-        **settings: ``MetricAdamPreconditioner``'s (beta1, approx, curvature_every, ...).
+        seed, method: ``MetricAdamPreconditioner``'s.
+        **settings: the other ``MetricAdamSettings`` fields (beta1, approx, curvature_every, ...).
     """
 
-    def __init__(self, layers, lr: float = _DEFAULT.lr, **settings):
-        check_number("lr", lr, low=0, low_open=True)
-        self.metric_adam = MetricAdamPreconditioner(layers, **settings)
+    def __init__(self, layers, lr: float = _DEFAULT.lr, *, seed: int | None = None, method: str | None = None,
+                 **settings):  # fmt: skip
+        checked = MetricAdamSettings(lr=lr, **settings).validate(prefix="")
+        self.metric_adam = MetricAdamPreconditioner(layers, checked, seed=seed, method=method)
         super().__init__(self.metric_adam, "metric_adam", lr=lr)

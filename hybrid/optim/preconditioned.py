@@ -4,14 +4,13 @@
     optimizer.step():  grad <- P(grad)      (the preconditioner rewrites .grad in place)
                        SGD step             (torch's, with its momentum and weight decay)
 
-It is ``hybrid.optim.HybridOptimizer`` with one preconditioner and nothing else to train.
+It is ``hybrid.optim.HybridOptimizer`` with one part and nothing else to train: the same
+``state_dict`` layout, the same ``before_backward``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from hybrid.optim.optimizer import HybridOptimizer
+from hybrid.optim.optimizer import HybridOptimizer, preconditioned_sgd
 
 
 class PreconditionedSGD(HybridOptimizer):
@@ -21,22 +20,11 @@ class PreconditionedSGD(HybridOptimizer):
 
     Args:
         preconditioner: owns ``params`` and rewrites their ``.grad`` in ``precondition(lr)``.
-        name: the key of its state in ``state_dict()`` and in ``preconditioners``.
+        name: the name of its part (its key in ``state_dict()`` and ``preconditioners``).
         lr, momentum, weight_decay: of the SGD step.
     """
 
     def __init__(self, preconditioner, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         self.preconditioner = preconditioner
-        group = {"momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(None, [(name, preconditioner, lr, group)], lr=lr, train_rest=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        (name,) = self.preconditioners
-        return {**self.sgd.state_dict(), name: self.preconditioner.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        (name,) = self.preconditioners
-        state_dict = dict(state_dict)
-        self.preconditioner.load_state_dict(state_dict.pop(name))
-        self.sgd.load_state_dict(state_dict)
-        self._share_param_groups()
+        part = preconditioned_sgd(name, preconditioner, lr, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(None, [part], lr=lr, train_rest=False)

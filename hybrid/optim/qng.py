@@ -37,6 +37,7 @@ from hybrid.optim.metric import (
     metric_tensor,
     qnspsa_sample,
 )
+from hybrid.optim.optimizer import settings_or_keywords
 from hybrid.optim.preconditioned import PreconditionedSGD
 from hybrid.optim.reduce import row_offset, sum_
 from hybrid.quantum import QuantumLayer
@@ -46,7 +47,7 @@ APPROX = ("diag", "block-diag", "full")
 
 @dataclass
 class QNGSettings:
-    """``[optim.qng]``: the keyword arguments of ``QNGPreconditioner`` and of its SGD step."""
+    """``[optim.qng]``: the settings ``QNGPreconditioner`` takes, and its SGD step's."""
 
     lr: float = 0.1  # peak learning rate of the circuit weights (the schedule scales it like optim.lr)
     momentum: float = 0.0  # SGD momentum: Momentum-QNG (PennyLane's MomentumQNGOptimizer rho)
@@ -68,12 +69,6 @@ class QNGSettings:
         check_choice(f"{prefix}metric", self.metric, METRICS)
         check_number(f"{prefix}fidelity_step", self.fidelity_step, low=0, low_open=True, high=math.pi)
         return self
-
-    def preconditioner_kwargs(self) -> dict:
-        """The keyword arguments of ``QNGPreconditioner``."""
-        return {"damping": self.damping, "approx": self.approx, "curvature_every": self.curvature_every,
-                "metric_samples": self.metric_samples, "metric": self.metric,
-                "fidelity_step": self.fidelity_step}  # fmt: skip
 
 
 _DEFAULT = QNGSettings()
@@ -124,44 +119,36 @@ class QNGPreconditioner:
 
     Args:
         layers: the ``QuantumLayer`` modules whose ``weights`` this preconditioner owns.
-        damping: :math:`\lambda > 0`, added to G's diagonal before the solve (PennyLane's ``lam``).
-        approx: ``"diag"``, ``"block-diag"`` or ``None``/``"full"`` (see ``hybrid.metric_tensor``).
-        curvature_every: calls between metric refreshes (1: every step).
-        metric_samples: inputs per layer the metric is averaged over.
+        settings: a ``QNGSettings`` already validated (``validate(cfg)`` checks ``[optim.qng]``);
+            its ``lr`` and ``momentum`` are the SGD step's. ``damping`` is :math:`\lambda > 0`
+            (PennyLane's ``lam``), ``approx`` ``"diag"``, ``"block-diag"`` or ``None``/``"full"``
+            (see ``hybrid.metric_tensor``), ``metric`` ``"exact"`` (``method``'s choice),
+            ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
         seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
         method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
-        metric: ``"exact"`` (``method``'s choice), ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
-        fidelity_step: QN-SPSA's perturbation size of the weights.
+        **keywords: ``QNGSettings`` fields instead of (or over) ``settings``, validated here.
 
     Raises:
         InputError: no layers, a module that is not a ``QuantumLayer``, a layer given twice, or
-            a setting out of range.
+            a keyword out of range.
     """
 
     def __init__(
-        self,
-        layers,
-        damping: float = _DEFAULT.damping,
-        approx: str | None = _DEFAULT.approx,
-        curvature_every: int = _DEFAULT.curvature_every,
-        metric_samples: int = _DEFAULT.metric_samples,
-        seed: int | None = None,
-        method: str | None = None,
-        metric: str = _DEFAULT.metric,
-        fidelity_step: float = _DEFAULT.fidelity_step,
-    ):
+        self, layers, settings: QNGSettings | None = None, *, seed: int | None = None, method: str | None = None,
+        **keywords,
+    ):  # fmt: skip
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
             raise InputError("QNG needs one or more QuantumLayer modules; pass the model's circuits")
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise InputError("a QuantumLayer is given twice to QNG; pass each layer once")
-        QNGSettings(damping=damping, approx=approx, curvature_every=curvature_every, metric_samples=metric_samples,
-                    metric=metric, fidelity_step=fidelity_step).validate(prefix="")  # fmt: skip
-        self.approx = check_approx(approx)
-        self.damping = float(damping)
-        self.curvature_every = curvature_every
-        self.metric_samples = metric_samples
-        self.metric, self.fidelity_step = metric, float(fidelity_step)
+        s = self.settings = settings_or_keywords(QNGSettings, settings, keywords)
+        self.approx = check_approx(s.approx)
+        self.damping = float(s.damping)
+        self.curvature_every = s.curvature_every
+        self.metric_samples = s.metric_samples
+        self.metric, self.fidelity_step = s.metric, float(s.fidelity_step)
+        metric = s.metric
         # each layer's executor says which metric method this setting uses there, or refuses it
         self.methods = [layer.executor.qng_method(metric, method, self.approx) for layer in self.layers]
         if metric == "qnspsa" and any(layer.program is None for layer in self.layers):
@@ -175,6 +162,9 @@ class QNGPreconditioner:
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
         if metric == "qnspsa":  # the first refresh rides in the first training job too
             self.queue_estimates()
+
+    def before_backward(self, logits: torch.Tensor) -> None:
+        """Nothing: the metric needs only the inputs the layers keep in the forward pass."""
 
     def precondition(self, lr: float) -> None:
         """Refresh the metrics when due, then rewrite every owned ``.grad`` in place (``lr`` unused).
@@ -342,8 +332,8 @@ class QNG(PreconditionedSGD):
     ``a = lr b``.
     """
 
-    def __init__(self, layers, lr: float, momentum: float = 0.0, **settings):
-        check_number("lr", lr, low=0, low_open=True)
-        check_number("momentum", momentum, low=0, high=1, high_open=True)
-        preconditioner = QNGPreconditioner(layers, **settings)
+    def __init__(self, layers, lr: float, momentum: float = 0.0, *, seed: int | None = None,
+                 method: str | None = None, **settings):  # fmt: skip
+        checked = QNGSettings(lr=lr, momentum=momentum, **settings).validate(prefix="")
+        preconditioner = QNGPreconditioner(layers, checked, seed=seed, method=method)
         super().__init__(preconditioner, "qng", lr=lr, momentum=momentum)

@@ -1,4 +1,4 @@
-"""Which optimizer trains which parameters: one row per preconditioner, presets over the rows.
+"""Which optimizer trains which parameters: one row per part, presets over the rows.
 
 Parameters are partitioned by role:
 
@@ -7,13 +7,17 @@ Parameters are partitioned by role:
     rest     everything else (embeddings, norms, biases, what a row leaves out): AdamW
 
 ``[optim] name`` is a preset that fills both roles (``PRESETS``); ``[optim] linear`` and
-``[optim] circuit`` override a role. A new preconditioner is one module plus one row of
-``ROWS``: its role, the ``[optim.<settings>]`` section it reads, how it builds its part of
-the optimizer, and the search space ``hybrid tune`` draws its settings from.
+``[optim] circuit`` override a role. A row of ``ROWS`` is one part of the optimizer
+(``hybrid.optim.optimizer.Part``): its role, the settings dataclass of its ``[optim.<row>]``
+section (``OptimConfig`` gets one field per row, made from ``ROWS``), how it builds its part
+(a preconditioner with an SGD step, or a stock torch optimizer such as Muon), and the search
+space ``hybrid tune`` draws its settings from. A new preconditioner is one module plus one
+row; a stock torch optimizer is one row (plus its settings dataclass, if it has settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,34 +28,99 @@ from hybrid.errors import InputError, check_choice, check_number
 from hybrid.models import HybridGPT, QuantumProjection
 from hybrid.optim.eigen_adam import EigenAdamPreconditioner, EigenAdamSettings
 from hybrid.optim.kfac import KFACPreconditioner, KFACSettings
-from hybrid.optim.linear_layers import kfac_layers
 from hybrid.optim.metric_adam import MetricAdamPreconditioner, MetricAdamSettings
-from hybrid.optim.optimizer import HybridOptimizer, trainable_parameters
+from hybrid.optim.muon import MuonSettings, build_muon
+from hybrid.optim.muon import muon_params as muon_params  # where benchmarks/bench_soap.py finds it
+from hybrid.optim.optimizer import HybridOptimizer, Part, preconditioned_sgd, trainable_parameters
 from hybrid.optim.qng import QNGPreconditioner, QNGSettings
 from hybrid.quantum import QuantumLayer
 
+# -- the rows: (model, cfg, width_mult or None off muP) -> Part, from settings validated before ------------
+
+
+def _angle_layers(model: nn.Module) -> list[str]:
+    return [f"{n}.to_angles" for n, m in model.named_modules() if isinstance(m, QuantumProjection)]
+
+
+def kfac_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
+    """K-FAC on ``model``'s linear layers with ``cfg.kfac``, an SGD step at ``cfg.kfac.lr``.
+
+    Unless ``cfg.kfac.to_angles``, the ``to_angles`` layer of every ``QuantumProjection`` is
+    left to AdamW: natural-gradient steps there drive ``pi * tanh`` into saturation, where its
+    gradient vanishes, the Fisher shrinks and the next steps grow (in tuning runs of the
+    default model, training stalled at the unigram loss)."""
+    exclude = [] if cfg.kfac.to_angles else _angle_layers(model)
+    pc = KFACPreconditioner(model, cfg.kfac, exclude=exclude)
+    return preconditioned_sgd("kfac", pc, cfg.kfac.lr, momentum=cfg.kfac.momentum)
+
+
+def eigen_adam_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
+    """Adam in K-FAC's eigenbasis (``hybrid.optim.eigen_adam``) on the linear layers; the SGD
+    step applies its direction as is (momentum 0) at ``cfg.eigen_adam.lr``."""
+    exclude = [] if cfg.eigen_adam.to_angles else _angle_layers(model)
+    pc = EigenAdamPreconditioner(model, cfg.eigen_adam, exclude=exclude)
+    return preconditioned_sgd("eigen_adam", pc, cfg.eigen_adam.lr, momentum=0.0)
+
+
+def trainable_circuits(model: nn.Module) -> list[QuantumLayer]:
+    """The ``QuantumLayer`` modules whose weights train (``circuit.trainable=false`` freezes them)."""
+    return [m for m in model.modules() if isinstance(m, QuantumLayer) and m.weights.requires_grad]
+
+
+def qng_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
+    """QNG on the weights of every trainable ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
+    pc = QNGPreconditioner(trainable_circuits(model), cfg.qng)
+    return preconditioned_sgd("qng", pc, cfg.qng.lr, momentum=cfg.qng.momentum)
+
+
+def metric_adam_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
+    """Adam in the eigenbasis of each circuit's metric (``hybrid.optim.metric_adam``)."""
+    pc = MetricAdamPreconditioner(trainable_circuits(model), cfg.metric_adam)
+    return preconditioned_sgd("metric_adam", pc, cfg.metric_adam.lr, momentum=0.0)
+
+
+def muon_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
+    """``torch.optim.Muon`` on the blocks' matrices (``muon_params``) with ``cfg.muon``, AdamW's
+    decay (scaled as AdamW's hidden matrices under mup) and muP's rate (``mup_scaling``)."""
+    decay = cfg.weight_decay * decay_scale(cfg, width_mult)
+    return build_muon(model, cfg.muon, decay, 1.0 if width_mult is None else width_mult)
+
+
+@dataclass(frozen=True)
+class Row:
+    role: str  # "linear" or "circuit"
+    settings: type | None  # the dataclass of its [optim.<row name>] section (with validate()); None: no settings
+    build: Callable  # (model, cfg: OptimConfig, width_mult: float | None) -> Part named after the row
+    space: dict[str, tuple[float, float, bool]]  # hybrid tune: key -> (low, high, log scale)
+
+
+# The spaces were widened after the first protocol studies flagged their edges (muon.lr, lr, beta2,
+# eigen_adam lr and weight decay, qng damping: benchmarks/results/protocol/*/best.md).
+ROWS: dict[str, Row] = {
+    "kfac": Row("linear", KFACSettings, kfac_part, {
+        "optim.kfac.lr": (0.1, 3.0, True), "optim.kfac.damping": (1e-3, 1e-1, True),
+        "optim.kfac.momentum": (0.0, 0.95, False), "optim.kfac.kl_clip": (3e-3, 1e-1, True),
+    }),
+    "eigen_adam": Row("linear", EigenAdamSettings, eigen_adam_part, {
+        "optim.eigen_adam.lr": (1e-3, 3e-2, True), "optim.eigen_adam.beta2": (0.9, 0.999, False),
+        "optim.eigen_adam.weight_decay": (1e-4, 1e-1, True),
+    }),
+    "muon": Row("linear", MuonSettings, muon_part, {
+        "optim.muon.lr": (3e-3, 1e-1, True), "optim.muon.momentum": (0.8, 0.98, False),
+    }),
+    "qng": Row("circuit", QNGSettings, qng_part, {
+        "optim.qng.lr": (1e-2, 3.0, True), "optim.qng.damping": (1e-4, 1.0, True),
+        "optim.qng.momentum": (0.0, 0.9, False),
+    }),
+    "metric_adam": Row("circuit", MetricAdamSettings, metric_adam_part, {
+        "optim.metric_adam.lr": (1e-3, 1e-1, True),
+    }),
+}  # fmt: skip
+
 
 @dataclass
-class MuonSettings:
-    """``[optim.muon]``: ``torch.optim.Muon`` on the hidden 2-D matrices (Jordan et al. 2024)."""
-
-    lr: float = 0.0142  # Muon's learning rate, in AdamW's units (match_rms_adamw); tuned (configs/muon.toml)
-    momentum: float = 0.82  # Nesterov momentum of the orthogonalized update; tuned (torch's default: 0.95)
-    nesterov: bool = True
-    ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalization
-    adjust_lr_fn: str = "match_rms_adamw"  # match_rms_adamw (Moonshot) or original (Keller Jordan)
-
-    def validate(self, prefix: str = "optim.muon.") -> MuonSettings:
-        check_number(f"{prefix}lr", self.lr, low=0, low_open=True)
-        check_number(f"{prefix}momentum", self.momentum, low=0, high=1, high_open=True)
-        check_number(f"{prefix}ns_steps", self.ns_steps, low=1, integer=True)
-        check_choice(f"{prefix}adjust_lr_fn", self.adjust_lr_fn, ("match_rms_adamw", "original"))
-        return self
-
-
-@dataclass
-class OptimConfig:
-    """``[optim]``: the preset, AdamW on the rest, the schedule, and one section per row."""
+class _OptimKeys:
+    """The keys of ``[optim]`` itself; ``OptimConfig`` adds one section per row of ``ROWS``."""
 
     name: str = "muon"  # a preset of PRESETS, the tuned comparison's winner; also hybrid, kfac, qng, adamw, ...
     linear: str = ""  # override the preset's optimizer of the nn.Linear layers: kfac, eigen_adam, muon or none
@@ -64,11 +133,6 @@ class OptimConfig:
     warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     weight_decay_scaling: str = "none"  # model.parametrization=mup: "inverse_width" decays hidden matrices / width_mult
-    kfac: KFACSettings = field(default_factory=KFACSettings)
-    eigen_adam: EigenAdamSettings = field(default_factory=EigenAdamSettings)
-    qng: QNGSettings = field(default_factory=QNGSettings)
-    metric_adam: MetricAdamSettings = field(default_factory=MetricAdamSettings)
-    muon: MuonSettings = field(default_factory=MuonSettings)
 
     def roles(self) -> dict[str, str]:
         """``{"linear": row name or "none", "circuit": ...}`` after the overrides."""
@@ -76,6 +140,7 @@ class OptimConfig:
         return {"linear": self.linear or linear, "circuit": self.circuit or circuit}
 
     def validate(self, prefix: str = "optim.") -> OptimConfig:
+        """Every key, then every row's section (in use or not). Raises InputError naming the key."""
         check_choice(f"{prefix}name", self.name, PRESETS)
         for role in ("linear", "circuit"):
             choices = ["", "none", *(name for name, row in ROWS.items() if row.role == role)]
@@ -88,97 +153,23 @@ class OptimConfig:
         check_number(f"{prefix}warmup_steps", self.warmup_steps, low=0, integer=True)
         check_number(f"{prefix}min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_choice(f"{prefix}weight_decay_scaling", self.weight_decay_scaling, ("none", "inverse_width"))
-        for name in dict.fromkeys(row.settings for row in ROWS.values()):  # every section, in use or not
+        for name in sections():
             getattr(self, name).validate(prefix=f"{prefix}{name}.")
         return self
 
 
-# -- the rows ------------------------------------------------------------------------------------
+def sections() -> list[str]:
+    """The ``[optim.<row>]`` sections: the rows that have settings, in ``ROWS`` order."""
+    return [name for name, row in ROWS.items() if row.settings is not None]
 
 
-def _angle_layers(model: nn.Module) -> list[str]:
-    return [f"{n}.to_angles" for n, m in model.named_modules() if isinstance(m, QuantumProjection)]
-
-
-def kfac_part(model: nn.Module, cfg: OptimConfig) -> tuple:
-    """K-FAC on ``model``'s linear layers with ``cfg.kfac``, an SGD step at ``cfg.kfac.lr``.
-
-    Unless ``cfg.kfac.to_angles``, the ``to_angles`` layer of every ``QuantumProjection`` is
-    left to AdamW: natural-gradient steps there drive ``pi * tanh`` into saturation, where its
-    gradient vanishes, the Fisher shrinks and the next steps grow (in tuning runs of the
-    default model, training stalled at the unigram loss)."""
-    settings = cfg.kfac.preconditioner_kwargs()
-    if not cfg.kfac.to_angles:
-        settings["exclude"] += _angle_layers(model)
-    return ("kfac", KFACPreconditioner(model, **settings), cfg.kfac.lr, {"momentum": cfg.kfac.momentum})
-
-
-def eigen_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
-    """Adam in K-FAC's eigenbasis (``hybrid.optim.eigen_adam``) on the linear layers; the SGD
-    step applies its direction as is (momentum 0) at ``cfg.eigen_adam.lr``."""
-    settings = cfg.eigen_adam.preconditioner_kwargs()
-    if not cfg.eigen_adam.to_angles:
-        settings["exclude"] += _angle_layers(model)
-    return ("eigen_adam", EigenAdamPreconditioner(model, **settings), cfg.eigen_adam.lr, {"momentum": 0.0})
-
-
-def trainable_circuits(model: nn.Module) -> list[QuantumLayer]:
-    """The ``QuantumLayer`` modules whose weights train (``circuit.trainable=false`` freezes them)."""
-    return [m for m in model.modules() if isinstance(m, QuantumLayer) and m.weights.requires_grad]
-
-
-def qng_part(model: nn.Module, cfg: OptimConfig) -> tuple:
-    """QNG on the weights of every trainable ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
-    layers = trainable_circuits(model)
-    pc = QNGPreconditioner(layers, **cfg.qng.preconditioner_kwargs())
-    return ("qng", pc, cfg.qng.lr, {"momentum": cfg.qng.momentum})
-
-
-def metric_adam_part(model: nn.Module, cfg: OptimConfig) -> tuple:
-    """Adam in the eigenbasis of each circuit's metric (``hybrid.optim.metric_adam``)."""
-    layers = trainable_circuits(model)
-    pc = MetricAdamPreconditioner(layers, **cfg.metric_adam.preconditioner_kwargs())
-    return ("metric_adam", pc, cfg.metric_adam.lr, {"momentum": 0.0})
-
-
-def muon_params(model: nn.Module) -> list[nn.Parameter]:
-    """The hidden 2-D matrices Muon trains, as its authors prescribe: the weights of the linear
-    layers inside the model's blocks (K-FAC's layer set), not the embeddings, norms, biases,
-    the LM head (``lm_head``) or circuit weights, which stay with AdamW."""
-    layers, _ = kfac_layers(model, exclude=["lm_head*"] if hasattr(model, "lm_head") else [], max_dim=10**9)
-    return [m.weight for m in layers.values() if m.weight.dim() == 2]
-
-
-@dataclass(frozen=True)
-class Row:
-    role: str  # "linear" or "circuit"
-    settings: str  # the OptimConfig field (the [optim.<settings>] section) it reads
-    build: Callable | None  # (model, cfg) -> (name, preconditioner, lr, group options); None: Muon
-    space: dict[str, tuple[float, float, bool]]  # hybrid tune: key -> (low, high, log scale)
-
-
-# The spaces were widened after the first protocol studies flagged their edges (muon.lr, lr, beta2,
-# eigen_adam lr and weight decay, qng damping: benchmarks/results/protocol/*/best.md).
-ROWS: dict[str, Row] = {
-    "kfac": Row("linear", "kfac", kfac_part, {
-        "optim.kfac.lr": (0.1, 3.0, True), "optim.kfac.damping": (1e-3, 1e-1, True),
-        "optim.kfac.momentum": (0.0, 0.95, False), "optim.kfac.kl_clip": (3e-3, 1e-1, True),
-    }),
-    "eigen_adam": Row("linear", "eigen_adam", eigen_adam_part, {
-        "optim.eigen_adam.lr": (1e-3, 3e-2, True), "optim.eigen_adam.beta2": (0.9, 0.999, False),
-        "optim.eigen_adam.weight_decay": (1e-4, 1e-1, True),
-    }),
-    "muon": Row("linear", "muon", None, {
-        "optim.muon.lr": (3e-3, 1e-1, True), "optim.muon.momentum": (0.8, 0.98, False),
-    }),
-    "qng": Row("circuit", "qng", qng_part, {
-        "optim.qng.lr": (1e-2, 3.0, True), "optim.qng.damping": (1e-4, 1.0, True),
-        "optim.qng.momentum": (0.0, 0.9, False),
-    }),
-    "metric_adam": Row("circuit", "metric_adam", metric_adam_part, {
-        "optim.metric_adam.lr": (1e-3, 1e-1, True),
-    }),
-}  # fmt: skip
+OptimConfig = dataclasses.make_dataclass(
+    "OptimConfig", [(name, ROWS[name].settings, field(default_factory=ROWS[name].settings)) for name in sections()],
+    bases=(_OptimKeys,),
+)  # fmt: skip
+OptimConfig.__module__ = __name__
+OptimConfig.__doc__ = """``[optim]``: the preset, AdamW on the rest, the schedule, and one section per row of ``ROWS``
+(``[optim.kfac]``: ``KFACSettings``, ``[optim.muon]``: ``MuonSettings``, ...)."""
 
 ADAMW_SPACE = {"optim.lr": (1e-3, 3e-2, True), "optim.beta2": (0.9, 0.999, False),
                "optim.weight_decay": (1e-3, 1e-1, True)}  # fmt: skip
@@ -206,8 +197,9 @@ def search_space(cfg: OptimConfig) -> dict[str, tuple[float, float, bool]]:
     return space
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
-    """The optimizer ``cfg`` asks for, over every trainable parameter of ``model``.
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, validated: bool = False) -> HybridOptimizer:
+    """The optimizer ``cfg`` asks for, over every trainable parameter of ``model``: one part per
+    role's row (``ROWS``), AdamW on the rest.
 
     ``hybrid`` (the default): K-FAC on the classical ``nn.Linear`` layers (SGD step at
     ``cfg.kfac.lr``), quantum natural gradient on the weights of every ``QuantumLayer`` (one
@@ -222,10 +214,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
     ``muon_metric_adam``: Muon, Adam in the eigenbasis of each circuit's metric, AdamW on the rest.
     ``adamw``: AdamW on everything.
 
+    ``param_groups`` hold the preconditioned parts' groups first, then the stock optimizers',
+    then AdamW's (the order of the optimizers before parts; ``metrics.csv``'s ``lr`` is the first's).
+
+    Args:
+        validated: ``cfg`` was checked already (``hybrid.config.validate`` before a run); else
+            it is checked here.
+
     Raises:
         InputError: a setting out of range, or QNG asked for a model without circuits.
     """
-    cfg.validate()
+    if not validated:
+        cfg.validate()
     trainable_parameters(model)  # tied weights: one clear error before any hook is placed
     roles = cfg.roles()
     has_circuit = bool(trainable_circuits(model))
@@ -234,30 +234,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> HybridOptimizer:
             raise InputError(f"optimizer {roles['circuit']} needs a circuit in the model; "
                              "use --quantum head, ffn or attn, or another --optimizer")  # fmt: skip
         roles["circuit"] = "none"  # hybrid on a classical (or frozen-circuit) model: K-FAC + AdamW
-    width_mult, decay_scale, hidden = mup_scaling(model, cfg, roles)
-    preconditioners, muon = [], None
-    for name in roles.values():
-        if name == "muon":
-            m = cfg.muon
-            lr = m.lr * muon_lr_scale(width_mult, m.adjust_lr_fn)
-            muon = (muon_params(model), {"lr": lr, "momentum": m.momentum, "nesterov": m.nesterov,
-                                         "ns_steps": m.ns_steps, "adjust_lr_fn": m.adjust_lr_fn,
-                                         "weight_decay": cfg.weight_decay * decay_scale})  # fmt: skip
-        elif name != "none":
-            preconditioners.append(ROWS[name].build(model, cfg))
-    return HybridOptimizer(model, preconditioners, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           betas=(cfg.beta1, cfg.beta2), muon=muon, hidden=hidden)  # fmt: skip
+    width_mult = mup_width(model, cfg)
+    parts = [ROWS[name].build(model, cfg, width_mult) for name in roles.values() if name != "none"]
+    parts.sort(key=lambda part: part.preconditioner is None)  # preconditioned first, as before parts
+    hidden = None
+    if width_mult is not None:  # muP: AdamW's hidden matrices (those no row owns) at lr / width_mult
+        owned = {id(p) for part in parts for p in part.params}
+        hidden = ([p for p in model.hidden_matrices() if id(p) not in owned], 1 / width_mult,
+                  decay_scale(cfg, width_mult))  # fmt: skip
+    return HybridOptimizer(model, parts, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+                           hidden=hidden)  # fmt: skip
 
 
-def mup_scaling(model: nn.Module, cfg: OptimConfig, roles: dict[str, str]) -> tuple[float, float, tuple | None]:
-    """``(width_mult, weight-decay scale, AdamW's hidden group)`` for a ``model.parametrization =
-    "mup"`` model, else ``(1, 1, None)``.
+def mup_width(model: nn.Module, cfg: OptimConfig) -> float | None:
+    """``width_mult`` of a ``model.parametrization = "mup"`` model, else None.
 
     The rules per row (Yang et al. 2022, Tensor Programs V, Table 3; the model holds the init and
     the readout multipliers):
     - AdamW: the hidden matrices (``HybridGPT.hidden_matrices``) at lr / width_mult, every other
       parameter (embeddings, readouts after their 1 / width_mult multiplier, biases, norms) at lr;
-      with ``weight_decay_scaling = "inverse_width"`` their decay is also / width_mult.
+      with ``weight_decay_scaling = "inverse_width"`` their decay is also / width_mult (``decay_scale``).
     - Muon (``muon_lr_scale``): muP's spectral condition asks a hidden matrix's update for an
       operator norm of order sqrt(fan_out / fan_in), constant across widths here (every hidden
       matrix keeps its aspect ratio). The orthogonalised update has operator norm 1; ``original``
@@ -275,18 +271,13 @@ def mup_scaling(model: nn.Module, cfg: OptimConfig, roles: dict[str, str]) -> tu
     """
     mup = isinstance(model, HybridGPT) and model.cfg.parametrization == "mup"
     check_mup(model.cfg.parametrization if mup else "standard", cfg)
-    if not mup:
-        return 1.0, 1.0, None
-    m = model.cfg.width_mult
-    decay = 1 / m if cfg.weight_decay_scaling == "inverse_width" else 1.0
-    owned = {id(p) for p in muon_params(model)} if roles["linear"] == "muon" else set()
-    return m, decay, ([p for p in model.hidden_matrices() if id(p) not in owned], 1 / m, decay)
+    return model.cfg.width_mult if mup else None
 
 
-def muon_lr_scale(width_mult: float, adjust_lr_fn: str) -> float:
-    """Muon's rate multiplier at ``width_mult`` under mup (see ``mup_scaling``): 1 for
-    ``original``, 1 / sqrt(width_mult) for ``match_rms_adamw``; 1 at the base width."""
-    return 1.0 if adjust_lr_fn == "original" else width_mult**-0.5
+def decay_scale(cfg: OptimConfig, width_mult: float | None) -> float:
+    """The multiplier of ``cfg.weight_decay`` on hidden matrices: 1 / width_mult with
+    ``weight_decay_scaling = "inverse_width"`` under mup (``width_mult`` not None), else 1."""
+    return 1 / width_mult if width_mult is not None and cfg.weight_decay_scaling == "inverse_width" else 1.0
 
 
 def check_mup(parametrization: str, cfg: OptimConfig) -> None:
