@@ -18,7 +18,7 @@ from torch import nn
 
 from hybrid.diagnostics.spectra import LossFn, batch_loss, preconditioners_of, untouched
 from hybrid.errors import InputError
-from hybrid.optim.kfac import KFACPreconditioner, sampled_fisher_backward
+from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.optim.optimizer import HybridOptimizer
 
 
@@ -58,7 +58,7 @@ def step_cosines(
             logits: list[torch.Tensor] = []
             loss = batch_loss(model, batch, loss_fn, logits)
             if logits:
-                sampled_fisher_backward(optimizer, logits[0])  # fisher="mc" on a curvature step, as train_step
+                optimizer.before_backward(logits[0])  # fisher="mc" on a curvature step, as train_step
             loss.backward()
             raw = {id(p): p.grad.detach().clone() if p.grad is not None else None for p in params}
             optimizer.step()
