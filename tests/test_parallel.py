@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import hybrid.optim.eigen_adam
-import hybrid.optim.kfac
+import hybrid.optim.kfac_blocks
 from hybrid.checkpoint import load_checkpoint
 from hybrid.cli import build_parser, main, train_overrides
 from hybrid.config import Config, apply_overrides
@@ -59,7 +59,7 @@ def cli_config() -> Config:
 
 def counting(decompositions: list[int]):
     """Wrap the decomposition function of K-FAC and eigenbasis Adam to count the matrices decomposed."""
-    originals = {m: m.decompose for m in (hybrid.optim.kfac, hybrid.optim.eigen_adam)}
+    originals = {m: m.decompose for m in (hybrid.optim.kfac_blocks, hybrid.optim.eigen_adam)}
 
     def make(original):
         def counted(matrices, inverse):
