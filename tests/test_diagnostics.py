@@ -444,3 +444,16 @@ def test_tracking_without_kfac_records_circuit_and_adamw_blocks_and_the_gap(tmp_
     theirs = torch.load(untracked.out / "checkpoint.pt", weights_only=True)
     assert_same(ours["model"], theirs["model"])  # looking did not change the trajectory
     assert_same(ours["optimizer"], theirs["optimizer"])
+
+
+@pytest.mark.parametrize("name", ["eigen_adam", "eigen_hybrid"])
+def test_tracking_leaves_eigen_adams_hooks_and_trajectory_alone(tmp_path, name):
+    settings = {"train.steps": 4, "train.eval_every": 2, "optim.name": name,
+                "optim.eigen_adam.curvature_every": 1, "optim.eigen_adam.basis_every": 2}  # fmt: skip
+    train(diag_config(**settings), tmp_path / "tracked", progress=False)
+    untracked = train(diag_config(**settings, **{"train.curvature_every": 0}), tmp_path / "untracked",
+                      progress=False)  # fmt: skip
+    ours = torch.load(tmp_path / "tracked" / "checkpoint.pt", weights_only=True)
+    theirs = torch.load(untracked.out / "checkpoint.pt", weights_only=True)
+    assert_same(ours["model"], theirs["model"])  # the tracked passes reached none of eigen-Adam's factors
+    assert_same(ours["optimizer"], theirs["optimizer"])

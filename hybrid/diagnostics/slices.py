@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybrid.diagnostics.spectra import LossFn, batch_loss, preconditioners_of, untouched
+from hybrid.diagnostics.spectra import CAPTURING, LossFn, batch_loss, preconditioners_of, untouched
 from hybrid.errors import InputError
-from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.optim.optimizer import HybridOptimizer
 
 
@@ -49,7 +48,7 @@ def step_cosines(
     if not isinstance(optimizer, HybridOptimizer):
         raise TypeError(f"step cosines need the HybridOptimizer that trains the model, got {type(optimizer).__name__}")
     params = list(model.parameters())
-    kfacs = [pc for pc in optimizer.preconditioners.values() if isinstance(pc, KFACPreconditioner)]
+    kfacs = [pc for pc in optimizer.preconditioners.values() if isinstance(pc, CAPTURING)]
     state = copy.deepcopy(optimizer.state_dict())  # live tensors inside: the step would change them
     start = [p.detach().clone() for p in params]
     with untouched(model, kfacs):
@@ -130,14 +129,14 @@ def loss_slices(model: nn.Module, batch, optimizer, alphas=None, *, loss_fn: Los
     lrs = [_lr_of(optimizer, pc) for pc in pcs]
     states = [copy.deepcopy(pc.state_dict()) for pc in pcs]
     start = [p.detach().clone() for p in params]
-    kfacs = [pc for pc in pcs if isinstance(pc, KFACPreconditioner)]
+    kfacs = [pc for pc in pcs if isinstance(pc, CAPTURING)]
     with untouched(model, kfacs):
         try:
             model.train()
             logits: list[torch.Tensor] = []
             loss = batch_loss(model, batch, loss_fn, logits)
             for pc in kfacs if logits else []:
-                pc.sampled_backward(logits[0])  # fisher="mc" on a curvature step: sampled labels, as train_step
+                pc.before_backward(logits[0])  # fisher="mc" on a curvature step: sampled labels, as train_step
             loss.backward()
             plain = _flat(params)  # (P,)
             for pc, lr in zip(pcs, lrs, strict=True):

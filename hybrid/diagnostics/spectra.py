@@ -41,6 +41,7 @@ from torch import nn
 
 from hybrid.errors import InputError
 from hybrid.models import lm_logits, next_token_loss
+from hybrid.optim.eigen_adam import EigenAdamPreconditioner
 from hybrid.optim.kfac import KFACPreconditioner
 from hybrid.optim.metric import metric_tensor
 from hybrid.optim.optimizer import HybridOptimizer
@@ -193,7 +194,7 @@ def curvature_spectra(
     fresh = not factors and any(isinstance(m, nn.Linear) and m.weight.requires_grad for m in model.modules())
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantumLayer)}
     inputs = {}
-    with untouched(model, [given] if given else []):
+    with untouched(model, [pc for pc in preconditioners_of(optimizer) if isinstance(pc, CAPTURING)]):
         model.train()  # QuantumLayer keeps its inputs, K-FAC hooks capture, as in a training step
         # Cholesky: the fresh preconditioner decomposes its factors once; that is cheaper than eigh.
         counter = KFACPreconditioner(model, curvature_every=1, curvature_ema=0.0, inverse="cholesky") if fresh else None
@@ -260,8 +261,11 @@ def _check_optimizer(optimizer) -> HybridOptimizer:
     return optimizer
 
 
+CAPTURING = (KFACPreconditioner, EigenAdamPreconditioner)  # the preconditioners whose hooks capture passes
+
+
 @contextmanager
-def untouched(model: nn.Module, kfacs: list[KFACPreconditioner]) -> Iterator[None]:
+def untouched(model: nn.Module, kfacs: list) -> Iterator[None]:
     """Put back what a diagnostic forward and backward pass changes: train/eval mode, the global
     RNG (dropout), every ``.grad`` (set to None inside), ``QuantumLayer.last_inputs``, and what
     the hooks of ``kfacs`` capture."""
