@@ -23,6 +23,7 @@ bootstrap intervals of the ratio.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -67,9 +68,10 @@ def main() -> None:
         journal = results / args.workload / arm / "study.log"
         journal.parent.mkdir(parents=True, exist_ok=True)
         print(f"arm {arm}: {preset}, tuning {', '.join(keys)}", flush=True)
-        (rows[arm],) = tune(apply_overrides(base, overrides), [preset], args.trials, args.seeds,
-                            ROOT / "runs" / "circuit_arms" / args.workload / arm, storage=f"journal:{journal}",
-                            progress=False, studies=args.studies, keys=keys)  # fmt: skip
+        out = ROOT / "runs" / "circuit_arms" / args.workload / arm
+        (rows[arm],) = tune(apply_overrides(base, overrides), [preset], args.trials, args.seeds, out,
+                            storage=f"journal:{journal}", progress=False, studies=args.studies, keys=keys)  # fmt: skip
+        shutil.copyfile(out / "best.md", journal.parent / "best.md")  # the arm's protocol table, beside its journal
     text = report(rows, args)
     atomic_write(results / f"{args.workload}.md", lambda f: f.write(text.encode()))
     print(text)
@@ -84,7 +86,7 @@ def report(rows: dict[str, dict], args) -> str:
              f"(`hybrid tune --keys`), {args.studies} studies x {args.trials} trials, the arm's defaults as "
              f"trial 0, then {args.seeds} fresh seeds. Target: the AdamW arm's mean final val loss "
              f"({target:.4f}); p: Welch's t-test against the AdamW arm; ratios with 95% bootstrap intervals. "
-             "Each arm's full protocol table: `runs/circuit_arms/<workload>/<arm>/best.md`; its journal beside "
+             "Each arm's full protocol table and journal: `<workload>/<arm>/best.md` and `study.log` beside "
              "this table.", "",
              footer(("torch", "optuna", "pennylane")), "",
              "| arm (circuit optimizer) | keys tuned | final val loss | p vs adamw | steps to target | ratio "
