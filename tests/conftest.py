@@ -42,6 +42,27 @@ def tiny_config(**overrides) -> Config:
     return apply_overrides(Config(), {**base, **overrides})
 
 
+def interrupted_and_resumed(monkeypatch, cfg: Config, out, at_call: int = 25) -> None:
+    """Train ``cfg`` into ``out``, stop it with Ctrl-C at the ``at_call``-th training step (the
+    steps since the last checkpoint are lost), then ``--resume`` it to the end."""
+    import hybrid.train
+
+    calls, real_step = 0, hybrid.train.train_step
+
+    def crash(*args):
+        nonlocal calls
+        calls += 1
+        if calls == at_call:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(hybrid.train, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        hybrid.train.train(cfg, out, progress=False)
+    monkeypatch.setattr(hybrid.train, "train_step", real_step)
+    hybrid.train.train(cfg, out, resume=True, progress=False)
+
+
 class ClassesFirst(torch.nn.Module):
     """A language model with (B, V, T) outputs: curvlinops' CrossEntropyLoss wants classes second."""
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import hybrid.train
 from hybrid.checkpoint import load_checkpoint
 from hybrid.config import validate
 from hybrid.models import HybridGPT
@@ -16,7 +15,7 @@ from hybrid.optim.linear_layers import kfac_layers
 from hybrid.optim.registry import Row
 from hybrid.tables import read_table
 from hybrid.train import train, train_step
-from tests.conftest import tiny_config
+from tests.conftest import interrupted_and_resumed, tiny_config
 
 
 def sgd_part(model: nn.Module, cfg, width_mult) -> Part:
@@ -77,20 +76,7 @@ def test_hybrid_train_trains_and_resumes_with_the_stock_optimizer_row(sgd_row, t
     assert set(state["optimizers"]) == {"sgd", "adamw"} and state["preconditioners"] == {}
     assert all("momentum_buffer" in s for s in state["optimizers"]["sgd"]["state"].values())
 
-    calls, real_step = 0, hybrid.train.train_step
-
-    def crash_at_step_25(*args):
-        nonlocal calls
-        calls += 1
-        if calls == 25:  # the last checkpoint is step 20's: steps 21-24 are lost and replayed
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(hybrid.train, "train_step", crash_at_step_25)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "split", progress=False)
-    monkeypatch.setattr(hybrid.train, "train_step", real_step)
-    train(cfg, tmp_path / "split", resume=True, progress=False)
+    interrupted_and_resumed(monkeypatch, cfg, tmp_path / "split")  # step 20's checkpoint: 21-24 are replayed
     split, whole = (load_checkpoint(tmp_path / run / "checkpoint.pt")["model"] for run in ("split", "whole"))
     for key, value in whole.items():
         assert torch.equal(value, split[key]), key

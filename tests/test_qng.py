@@ -22,7 +22,7 @@ from hybrid.models import HybridGPT
 from hybrid.optim import QNG, HybridOptimizer, build_optimizer, trainable_parameters
 from hybrid.optim.qng import QNGPreconditioner, condition_number, damped_solve
 from hybrid.train import train
-from tests.conftest import tiny_config
+from tests.conftest import interrupted_and_resumed, tiny_config
 
 
 class NoData:
@@ -227,21 +227,7 @@ def test_a_resumed_qng_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_
                          "train.steps": 30, "train.eval_every": 10, "train.sample_chars": 0})  # fmt: skip
     train(cfg, tmp_path / "whole", progress=False)
 
-    calls = 0
-    real_step = hybrid.train.train_step
-
-    def crash_at_step_25(*args):
-        nonlocal calls
-        calls += 1
-        if calls == 25:  # the last checkpoint is step 20's: steps 21-24 are lost and replayed
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(hybrid.train, "train_step", crash_at_step_25)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "split", progress=False)
-    monkeypatch.setattr(hybrid.train, "train_step", real_step)
-    train(cfg, tmp_path / "split", resume=True, progress=False)
+    interrupted_and_resumed(monkeypatch, cfg, tmp_path / "split")  # step 20's checkpoint: 21-24 are replayed
 
     whole = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
     split = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
