@@ -6,7 +6,10 @@ against PennyLane's, on the default `hybrid train` model, side by side in one pr
 
 Steps: the default model (4 qubits, strongly_entangling, 2 layers, measure "all" as the LM
 head), batch 32 x block 32 = 1024 circuit inputs per step; the QNG rows refresh the metric
-on every step (curvature_every=1, metric refresh included) unless the row says otherwise.
+on every step (curvature_every=1, metric refresh included) unless the row says otherwise; the
+pullback row is QNG in the loss's metric (``optim.qng.metric="pullback"``: ceil(64 / 32) = 2
+sequences' tokens through one forward-mode Jacobian of the whole model) against the
+Fubini-Study rows above it.
 Metric: the same circuit, weights and inputs through ``hybrid.metric_tensor`` (exact) and
 through PennyLane: ``qml.metric_tensor`` on default.qubit and lightning.qubit, and
 ``qml.adjoint_metric_tensor`` (full only; it fails on AngleEmbedding, so it gets the same
@@ -115,6 +118,8 @@ def main() -> None:
     for approx in ("block-diag", "full"):
         overrides = {"optim.name": "qng", "optim.qng.approx": approx, "optim.qng.curvature_every": 1}
         rows.append((f"QNG {approx}, metric every step", apply_overrides(base, overrides), approx))
+    overrides = {"optim.name": "qng", "optim.qng.metric": "pullback", "optim.qng.curvature_every": 1}
+    rows.append(("QNG pullback (full), metric every step", apply_overrides(base, overrides), None))
     default_every = base.optim.qng.curvature_every
     if default_every > 1:
         overrides = {"optim.name": "qng", "optim.qng.approx": "block-diag"}

@@ -12,6 +12,8 @@ the arm's defaults as trial 0, selection on the tuning seeds, finals on 5 fresh 
     momentum_qng  QNG with heavy-ball momentum (muon_qng, momentum 0.9 as PennyLane's
                   MomentumQNGOptimizer): lr, damping, momentum
     metric_adam   Adam in the eigenbasis of the circuit's metric (muon_metric_adam): its lr
+    pullback_qng  QNG in the metric the loss sees (optim.qng.metric=pullback: the output
+                  distribution's Fisher pulled back to the circuit weights): lr, damping
 
 Each arm is its own study (a journal under ``benchmarks/results/circuit_arms/<workload>/<arm>/``,
 committed, so a rerun continues it; runs under ``runs/circuit_arms``). The table
@@ -47,6 +49,8 @@ ARMS = {  # arm -> (preset, base overrides, the keys it tunes)
     "momentum_qng": ("muon_qng", {"optim.qng.momentum": 0.9},
                      ("optim.qng.lr", "optim.qng.damping", "optim.qng.momentum")),
     "metric_adam": ("muon_metric_adam", {}, ("optim.metric_adam.lr",)),
+    "pullback_qng": ("muon_qng", {"optim.qng.momentum": 0.0, "optim.qng.metric": "pullback"},
+                     ("optim.qng.lr", "optim.qng.damping")),
 }  # fmt: skip
 
 

@@ -246,6 +246,9 @@ class QiskitExecutor(_Verbs, ShotExecutor):
         return runtime.cost(estimate.pubs(self, runtime, zeros))
 
     def qng_method(self, metric: str, method: str | None, approx: str | None) -> str:
+        if metric == "pullback":
+            raise InputError(f"optim.qng.metric='pullback' needs the exact circuit Jacobian, not {self.backend.name}'s "
+                             "samples; use metric='exact', 'estimator' or 'qnspsa' there")  # fmt: skip
         method = "estimator" if metric == "estimator" else (method or self.default_metric)
         if method == "estimator" and approx is None and metric != "qnspsa":
             raise InputError(

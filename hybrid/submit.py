@@ -150,10 +150,13 @@ def _train(cfg: Config, out: Path, resume: bool, quiet: bool, runtime: Runtime) 
 
 
 def _model(cfg: Config, source: Path | None):
-    """The model to evaluate: ``source``'s checkpoint on this run's backend, or a fresh one."""
+    """The model to evaluate: ``source``'s checkpoint on this run's backend, or a fresh one.
+
+    ``cfg`` was validated by ``submit`` before any job was priced or sent.
+    """
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, cfg.model.block_size)
-    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution)
+    model = HybridGPT(cfg.model, len(dataset.tokenizer), cfg.circuit, cfg.execution, validated=True)
     step = 0
     if source is not None:
         state = load_checkpoint(source / CHECKPOINT)

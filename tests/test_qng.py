@@ -235,3 +235,38 @@ def test_a_resumed_qng_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_
         assert torch.equal(value, split["model"][key]), key
     qng = [c["optimizer"]["preconditioners"]["qng"] for c in (whole, split)]
     assert qng[0]["calls"] == qng[1]["calls"] == 30 and torch.equal(qng[0]["metrics"][0], qng[1]["metrics"][0])
+
+
+def test_pullback_qng_solves_with_the_dense_pullback_of_the_training_batch():
+    """metric='pullback': (J^T F J + lambda I)^-1 grad, J^T F J from a dense autograd Jacobian of the logits."""
+    torch.manual_seed(0)
+    model = HybridGPT(hybrid.ModelConfig(quantum="head", dropout=0.0), vocab_size=11).double()
+    layer = next(m for m in model.modules() if isinstance(m, QuantumLayer))
+    name = next(n for n, m in model.named_modules() if m is layer)
+    qng = QNGPreconditioner([layer], metric="pullback", metric_samples=15, damping=1e-3, model=model)
+    x, y = torch.randint(0, 11, (3, 5)), torch.randint(0, 11, (3, 5))  # metric_samples 15 = every sequence
+    model.train()
+    torch.nn.functional.cross_entropy(model(x).reshape(-1, 11), y.reshape(-1)).backward()
+    grad = layer.weights.grad.reshape(-1).clone()
+    qng.precondition(0.1)
+
+    model.eval()
+
+    def logits(w):
+        return torch.func.functional_call(model, {f"{name}.weights": w}, (x,)).reshape(-1, 11)  # (N, V)
+
+    w0 = layer.weights.detach().clone()
+    jac = torch.autograd.functional.jacobian(logits, w0).reshape(15, 11, -1)  # (N, V, P)
+    p = torch.softmax(logits(w0), -1).detach()
+    fisher = sum(jac[t].T @ (torch.diag(p[t]) - torch.outer(p[t], p[t])) @ jac[t] for t in range(15)) / 15
+    expected = torch.linalg.solve(fisher + 1e-3 * torch.eye(fisher.shape[0], dtype=fisher.dtype), grad)
+    torch.testing.assert_close(layer.weights.grad.reshape(-1), expected, atol=1e-8, rtol=1e-8)
+
+
+def test_pullback_qng_refuses_without_the_model_or_on_a_sampling_backend():
+    layer = QuantumLayer(circuits.TEMPLATES["strongly_entangling"](2, 1))
+    with pytest.raises(InputError, match="needs the model"):
+        QNGPreconditioner([layer], metric="pullback")
+    sampled = QuantumLayer(circuits.TEMPLATES["strongly_entangling"](2, 1), backend="qiskit.aer", shots=64)
+    with pytest.raises(InputError, match="exact circuit Jacobian"):
+        QNGPreconditioner([sampled], metric="pullback", model=torch.nn.Sequential(sampled))

@@ -24,6 +24,7 @@ TINY = ["--steps", "120", "--qubits", "2", "--set", "model.n_embd=16", "--set", 
 NEW = [
     ["--optimizer", "muon"],
     ["--optimizer", "muon_qng", "--set", "optim.qng.momentum=0.9"],
+    ["--optimizer", "muon_qng", "--set", "optim.qng.metric=pullback", "--set", "optim.qng.curvature_every=3"],
     ["--optimizer", "eigen_adam"],
     ["--optimizer", "eigen_hybrid", "--set", "optim.circuit=metric_adam"],
     ["--optimizer", "kfac", "--set", "optim.kfac.graft=true", "--set", "optim.kfac.lr=3e-3",

@@ -43,7 +43,7 @@ from hybrid.sim.statevector import final_state
 
 __all__ = ["APPROXIMATIONS", "METHODS", "METRICS", "metric_tensor", "default_method", "check_approx",
            "exact_metric", "pennylane_metric", "layer_labels", "qnspsa_sample", "absolute"]  # fmt: skip
-METRICS = ("exact", "estimator", "qnspsa")  # QNG's optim.qng.metric: how G is obtained (see above)
+METRICS = ("exact", "estimator", "qnspsa", "pullback")  # QNG's optim.qng.metric: how G is obtained (hybrid.optim.qng)
 
 
 def metric_tensor(layer, inputs, approx: str | None = "block-diag", method: str | None = None, device=None, shots=None):

@@ -12,7 +12,13 @@ on simulators, generator covariances on Qiskit backends), ``"estimator"`` the la
 ``"qnspsa"`` QN-SPSA (Gacon et al., Quantum 5, 567, 2021): an unbiased (to O(step^2)) estimate
 of the full metric from four fidelities per sampled input, averaged over the refreshes as the
 paper does, ``G_k = (k G_{k-1} + g_k) / (k + 1)``, and used as ``sqrt(G_k G_k)`` (its absolute
-value, PSD), the paper's regularization with ``damping`` as its beta.
+value, PSD), the paper's regularization with ``damping`` as its beta; ``"pullback"`` the Fisher
+metric of the model's output distribution pulled back to the circuit weights through every
+layer after the circuit (``hybrid.optim.circuit_fisher.pullback_metric``: the geometry the loss
+sees, not the state's), on ``ceil(metric_samples / T)`` sequences of the latest training batch
+of tokens, so it needs the model (``QNGPreconditioner(..., model=model)``; the optimizer rows
+pass it) and an exact executor; it is each circuit's full (P, P) metric (``approx`` does not
+apply).
 
 ``QNGPreconditioner`` rewrites the gradients (the ``Preconditioner`` protocol of
 ``hybrid.optim``, so ``HybridOptimizer`` steps them with SGD beside AdamW on the rest); ``QNG``
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 
 from hybrid.errors import InputError, check_choice, check_number
+from hybrid.optim.circuit_fisher import pullback_metric
 from hybrid.optim.metric import (
     METRICS,
     absolute,
@@ -55,7 +62,7 @@ class QNGSettings:
     approx: str = "block-diag"  # metric approximation: diag, block-diag or full
     curvature_every: int = 1  # steps between metric refreshes; the metric is reused in between
     metric_samples: int = 64  # circuit inputs of the latest batch the metric is averaged over
-    metric: str = "exact"  # exact (the backend's default method), estimator, or qnspsa (averaged over refreshes)
+    metric: str = "exact"  # exact (the backend's default), estimator, qnspsa (averaged over refreshes), or pullback
     fidelity_step: float = 0.01  # qnspsa: weight perturbation in the fidelities (PennyLane's finite_diff_step)
 
     def validate(self, prefix: str = "optim.qng.") -> QNGSettings:
@@ -126,6 +133,8 @@ class QNGPreconditioner:
             ``"estimator"`` or ``"qnspsa"`` (see the module docstring).
         seed: seeds the subsampling generator (default: ``torch.initial_seed()``).
         method: how ``hybrid.metric_tensor`` computes G (None: exact where possible).
+        model: the model holding the layers, needed by ``metric="pullback"`` only: a forward
+            pre-hook keeps the (B, T) tokens of its latest training-mode forward pass.
         **keywords: ``QNGSettings`` fields instead of (or over) ``settings``, validated here.
 
     Raises:
@@ -135,7 +144,7 @@ class QNGPreconditioner:
 
     def __init__(
         self, layers, settings: QNGSettings | None = None, *, seed: int | None = None, method: str | None = None,
-        **keywords,
+        model: torch.nn.Module | None = None, **keywords,
     ):  # fmt: skip
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, QuantumLayer) for layer in self.layers):
@@ -154,6 +163,12 @@ class QNGPreconditioner:
         if metric == "qnspsa" and any(layer.program is None for layer in self.layers):
             raise InputError("optim.qng.metric='qnspsa' needs circuits that compile to gates (circuits.TEMPLATES); "
                              "use metric='exact'")  # fmt: skip
+        self.model, self.tokens = model, None  # pullback: the model and its latest training batch, (B, T)
+        if metric == "pullback":
+            if model is None or not any(m is layer for m in model.modules() for layer in self.layers):
+                raise InputError("optim.qng.metric='pullback' needs the model that holds the circuits: "
+                                 "QNGPreconditioner(layers, settings, model=model)")  # fmt: skip
+            model.register_forward_pre_hook(self._keep_tokens, with_kwargs=True)
         self.average: list[torch.Tensor] = []  # qnspsa: the running average of the raw estimates, per layer
         self.refreshes = 0  # qnspsa: estimates in that average
         self.params = [layer.weights for layer in self.layers]
@@ -162,6 +177,11 @@ class QNGPreconditioner:
         self.metrics: list[torch.Tensor] = []  # one (P, P) float64 metric per layer, once computed
         if metric == "qnspsa":  # the first refresh rides in the first training job too
             self.queue_estimates()
+
+    def _keep_tokens(self, module, args, kwargs) -> None:
+        """Forward pre-hook (pullback): keep the token ids of a training forward pass, not the metric's own."""
+        if module.training and torch.is_grad_enabled():
+            self.tokens = (args[0] if args else kwargs["input_ids"]).detach()
 
     def before_backward(self, logits: torch.Tensor) -> None:
         """Nothing: the metric needs only the inputs the layers keep in the forward pass."""
@@ -220,6 +240,11 @@ class QNGPreconditioner:
                     "training diverged: lower the learning rates"
                 )
             rode = layer.executor.take_metric() if layer in estimated else None
+            if self.metric == "pullback":
+                metric = self._pullback(layer)
+                metrics.append(metric)
+                shared.append(metric)
+                continue
             if self.metric == "qnspsa":
                 metrics.append(self._qnspsa(len(metrics), layer, inputs, rode, layer in estimated))
                 continue
@@ -241,6 +266,21 @@ class QNGPreconditioner:
         if self.metric == "qnspsa":
             self.refreshes += 1
         return metrics
+
+    def _pullback(self, layer) -> torch.Tensor:
+        """This rank's share of the pullback metric of ``layer`` on sequences drawn from all ranks' batches."""
+        if self.tokens is None:
+            raise RuntimeError("QNG's pullback metric has no tokens: run the model's forward pass in training "
+                               "mode with gradients enabled before optimizer.step()")  # fmt: skip
+        tokens = self.tokens  # (B, T)
+        per = math.ceil(self.metric_samples / tokens.shape[1])  # sequences: about metric_samples tokens
+        start, total = row_offset(tokens.shape[0], tokens.device)
+        rows = torch.randperm(total, generator=self.generator)[:per]
+        drawn, rows = rows.numel(), rows[(rows >= start) & (rows < start + tokens.shape[0])] - start
+        n = layer.weights.numel()
+        if not rows.numel():
+            return torch.zeros(n, n, dtype=torch.float64, device=layer.weights.device)
+        return pullback_metric(self.model, layer, tokens[rows.to(tokens.device)]) * (rows.numel() / drawn)
 
     def _qnspsa(self, index: int, layer, inputs: torch.Tensor, rode, on_backend: bool) -> torch.Tensor:
         """Fold layer ``index``'s new QN-SPSA estimate (``rode`` in the training job, else
@@ -333,7 +373,7 @@ class QNG(PreconditionedSGD):
     """
 
     def __init__(self, layers, lr: float, momentum: float = 0.0, *, seed: int | None = None,
-                 method: str | None = None, **settings):  # fmt: skip
+                 method: str | None = None, model: torch.nn.Module | None = None, **settings):  # fmt: skip
         checked = QNGSettings(lr=lr, momentum=momentum, **settings).validate(prefix="")
-        preconditioner = QNGPreconditioner(layers, checked, seed=seed, method=method)
+        preconditioner = QNGPreconditioner(layers, checked, seed=seed, method=method, model=model)
         super().__init__(preconditioner, "qng", lr=lr, momentum=momentum)

@@ -69,7 +69,7 @@ def trainable_circuits(model: nn.Module) -> list[QuantumLayer]:
 
 def qng_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
     """QNG on the weights of every trainable ``QuantumLayer`` (one metric block each) with ``cfg.qng``."""
-    pc = QNGPreconditioner(trainable_circuits(model), cfg.qng)
+    pc = QNGPreconditioner(trainable_circuits(model), cfg.qng, model=model)
     return preconditioned_sgd("qng", pc, cfg.qng.lr, momentum=cfg.qng.momentum)
 
 

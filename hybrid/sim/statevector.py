@@ -180,6 +180,8 @@ class _Permute(torch.autograd.Function):
     """Rows ``state[perm]``; the backward gathers with the inverse permutation instead of
     scattering (``index_select``'s backward is an ``index_add``, several times slower)."""
 
+    generate_vmap_rule = True  # torch.func.jacfwd / vmap (the pullback metric's forward-mode Jacobian)
+
     @staticmethod
     def forward(state, perm, inverse):
         return state.index_select(0, perm)
@@ -203,6 +205,8 @@ class _Probabilities(torch.autograd.Function):
 
     Backward (PyTorch's convention for real losses of complex z): dL/dz = 2 g z.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(state):
