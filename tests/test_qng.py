@@ -20,7 +20,7 @@ from hybrid.cli import main
 from hybrid.config import save_config
 from hybrid.models import HybridGPT
 from hybrid.optim import QNG, HybridOptimizer, build_optimizer, trainable_parameters
-from hybrid.optim.qng import QNGPreconditioner, condition_number, damped_solve
+from hybrid.optim.qng import QNGPreconditioner, damped_solve
 from hybrid.train import train
 from tests.conftest import interrupted_and_resumed, tiny_config
 
@@ -104,7 +104,8 @@ def test_metric_is_refreshed_every_curvature_every_calls_on_a_seeded_subsample()
         seen.append(qng.metrics)
     assert [s is seen[0] for s in seen[:3]] == [True] * 3 and seen[3] is not seen[2] and seen[6] is not seen[5]
     stats = qng.stats()["metric_cond"]
-    assert stats == pytest.approx(max(np.linalg.cond(m.numpy()) for m in qng.metrics), rel=1e-6)
+    spectra = [np.linalg.eigvalsh(m.numpy()) for m in qng.metrics]
+    assert stats == pytest.approx(max(e[-1] / (max(e[0], 0) + qng.damping) for e in spectra), rel=1e-6)
 
 
 def test_singular_and_ill_conditioned_metrics_never_give_nan_or_inf():
@@ -121,7 +122,6 @@ def test_singular_and_ill_conditioned_metrics_never_give_nan_or_inf():
     indefinite = torch.diag(torch.tensor([1.0, -1e-3, 0.0], dtype=torch.float64))
     expected = torch.tensor([1 / (1 + 1e-6), 0.0, 3e6], dtype=torch.float64)
     torch.testing.assert_close(damped_solve(indefinite, grad, 1e-6), expected, rtol=1e-12, atol=0)
-    assert condition_number(singular) == math.inf
 
     # a circuit whose first RZ acts on |0>: that weight does not move the state, G is singular
     circuit = circuits.HardwareEfficient(1, 1)
@@ -134,7 +134,7 @@ def test_singular_and_ill_conditioned_metrics_never_give_nan_or_inf():
         layer(torch.zeros(4, circuit.n_inputs, dtype=torch.float64)).sum().backward()
         optimizer.step()
         assert torch.isfinite(layer.weights).all()
-    assert optimizer.stats()["metric_cond"] == math.inf
+    assert 1e10 < optimizer.stats()["metric_cond"] < math.inf  # damped: lambda_1 / (0 + 1e-12), never inf
 
 
 def test_qng_state_dict_round_trip_continues_the_same_trajectory():

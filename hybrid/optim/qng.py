@@ -105,15 +105,6 @@ def damped_solve(metric: torch.Tensor, grad: torch.Tensor, damping: float) -> to
     return vectors @ ((vectors.T @ grad) / eigenvalues[keep])
 
 
-def condition_number(metric: torch.Tensor) -> float:
-    """Largest over smallest eigenvalue of a symmetric PSD matrix; inf when it is singular to
-    working precision: its smallest eigenvalue is at most ``10 P eps`` times the largest (the
-    rounding error of a computed metric; numpy's rank rule with a margin)."""
-    eigenvalues = torch.linalg.eigvalsh(metric)
-    tolerance = eigenvalues[-1].abs() * 10 * metric.shape[0] * torch.finfo(metric.dtype).eps
-    return float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > tolerance else math.inf
-
-
 class QNGPreconditioner:
     r"""Replaces each owned layer's ``weights.grad`` by :math:`(G + \lambda I)^{-1} \nabla_\theta L`.
 
@@ -312,10 +303,12 @@ class QNGPreconditioner:
         return absolute(average)
 
     def stats(self) -> dict[str, float]:
-        """``metric_cond``: the largest condition number of the cached metrics (undamped)."""
+        """``metric_cond``: the largest damped condition proxy ``lambda_1 / (lambda_P + damping)`` of the
+        cached metrics, the spread the damped solve sees (an undamped one is rounding noise on a singular G)."""
         if not self.metrics:
             return {"metric_cond": math.nan}
-        return {"metric_cond": max(condition_number(metric) for metric in self.metrics)}
+        spectra = [torch.linalg.eigvalsh(metric) for metric in self.metrics]  # ascending
+        return {"metric_cond": max(float(e[-1] / (e[0].clamp(min=0) + self.damping)) for e in spectra)}
 
     def state_dict(self) -> dict[str, Any]:
         return {
