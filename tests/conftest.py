@@ -63,6 +63,23 @@ def interrupted_and_resumed(monkeypatch, cfg: Config, out, at_call: int = 25) ->
     hybrid.train.train(cfg, out, resume=True, progress=False)
 
 
+def dense_pullback(model: torch.nn.Module, layer, x: torch.Tensor) -> torch.Tensor:
+    """The oracle of the pullback metric: (1/N) sum_t J_t^T (diag p_t - p_t p_t^T) J_t with the dense
+    Jacobian J (N, V, P) of the eval-mode logits in ``layer.weights`` from ``torch.autograd.functional``."""
+    name = next(n for n, m in model.named_modules() if m is layer)
+    model.eval()
+
+    def logits(w):
+        out = torch.func.functional_call(model, {f"{name}.weights": w}, (x,))
+        return out.reshape(-1, out.shape[-1])  # (N, V)
+
+    w0 = layer.weights.detach().clone()
+    p = torch.softmax(logits(w0), -1).detach()  # (N, V)
+    jac = torch.autograd.functional.jacobian(logits, w0).reshape(*p.shape, -1)  # (N, V, P)
+    n = p.shape[0]
+    return sum(jac[t].T @ (torch.diag(p[t]) - torch.outer(p[t], p[t])) @ jac[t] for t in range(n)) / n
+
+
 class ClassesFirst(torch.nn.Module):
     """A language model with (B, V, T) outputs: curvlinops' CrossEntropyLoss wants classes second."""
 
