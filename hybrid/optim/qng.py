@@ -243,14 +243,11 @@ class QNGPreconditioner:
                 metric = torch.from_numpy(rode).to(layer.weights.device)
                 metrics.append(metric.diag().diag() if self.approx == "diag" else metric)
                 continue
-            start, total = row_offset(inputs.shape[0], inputs.device)  # this rank's rows among all ranks'
-            rows = torch.randperm(total, generator=self.generator)[: self.metric_samples]
-            drawn, rows = rows.numel(), rows[(rows >= start) & (rows < start + inputs.shape[0])] - start
-            sample = inputs[rows.to(inputs.device)]  # (this rank's of the min(N, metric_samples) drawn, n_inputs)
+            rows, share = self._draw(inputs.shape[0], self.metric_samples, inputs.device)
             n = layer.weights.numel()
             metric = torch.zeros(n, n, dtype=torch.float64, device=layer.weights.device)  # no rows drawn here
-            if rows.numel():
-                metric = metric_tensor(layer, sample, self.approx, method=method) * (rows.numel() / drawn)
+            if rows.numel():  # inputs[rows]: (this rank's of the min(N, metric_samples) drawn, n_inputs)
+                metric = metric_tensor(layer, inputs[rows], self.approx, method=method) * share
             metrics.append(metric)
             shared.append(metric)
         sum_(shared)
@@ -264,14 +261,21 @@ class QNGPreconditioner:
             raise RuntimeError("QNG's pullback metric has no tokens: run the model's forward pass in training "
                                "mode with gradients enabled before optimizer.step()")  # fmt: skip
         tokens = self.tokens  # (B, T)
-        per = math.ceil(self.metric_samples / tokens.shape[1])  # sequences: about metric_samples tokens
-        start, total = row_offset(tokens.shape[0], tokens.device)
-        rows = torch.randperm(total, generator=self.generator)[:per]
-        drawn, rows = rows.numel(), rows[(rows >= start) & (rows < start + tokens.shape[0])] - start
+        sequences = math.ceil(self.metric_samples / tokens.shape[1])  # about metric_samples tokens
+        rows, share = self._draw(tokens.shape[0], sequences, tokens.device)
         n = layer.weights.numel()
         if not rows.numel():
             return torch.zeros(n, n, dtype=torch.float64, device=layer.weights.device)
-        return pullback_metric(self.model, layer, tokens[rows.to(tokens.device)]) * (rows.numel() / drawn)
+        return pullback_metric(self.model, layer, tokens[rows]) * share
+
+    def _draw(self, local: int, count: int, device) -> tuple[torch.Tensor, float]:
+        """``count`` rows drawn without replacement from all ranks' rows (as one process would from
+        the global batch; ``local`` of them are this rank's): this rank's drawn rows as local indices
+        on ``device``, and their share of all drawn."""
+        start, total = row_offset(local, device)
+        rows = torch.randperm(total, generator=self.generator)[:count]
+        drawn, rows = rows.numel(), rows[(rows >= start) & (rows < start + local)] - start
+        return rows.to(device), rows.numel() / drawn
 
     def _qnspsa(self, index: int, layer, inputs: torch.Tensor, rode, on_backend: bool) -> torch.Tensor:
         """Fold layer ``index``'s new QN-SPSA estimate (``rode`` in the training job, else
