@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hybrid.config import load_config
 from hybrid.tables import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +72,16 @@ def main() -> None:
 
 
 def final_runs(study: Path, name: str) -> list[list[dict]]:
-    """The metrics rows of each final seed of ``name`` (empty when no trial completed)."""
-    folder = study / "final" / name
-    return [read_table(run / "metrics.csv") for run in sorted(folder.glob("seed*"))] if folder.exists() else []
+    """The metrics rows of each final seed of ``name``'s selected config, the candidate folder
+    whose runs were trained with ``best-<name>.toml``'s [optim] (empty when no trial completed)."""
+    best = study / f"best-{name}.toml"
+    if not best.exists():
+        return []
+    for folder in sorted((study / "final" / name).glob("*")):
+        configs = sorted(folder.glob("seed*/config.toml"))
+        if configs and load_config(configs[0]).optim == load_config(best).optim:
+            return [read_table(path.parent / "metrics.csv") for path in configs]
+    return []
 
 
 def reach(rows: list[dict], target: float) -> tuple[float, float] | None:

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     tune.add_argument("--seeds", type=int, default=5,
                       help="fresh seeds of the final runs of each best config and of its defaults")
+    tune.add_argument("--select-seeds", type=int, default=5,
+                      help="seeds each candidate (the defaults, each study's best) trains on before the finals; "
+                      "the lowest mean + standard error is selected")
     tune.add_argument("--storage", help="Optuna storage shared by workers: a database URL "
                       "(postgresql://USER:PASS@HOST/DB, ...) or journal:FILE (default: sqlite:///OUT/study.sqlite3)")
     tune.add_argument("--config", type=Path, help="base TOML config of every run")
@@ -281,7 +284,8 @@ def run_tune(args: argparse.Namespace) -> int:
     base = _base_config(args)
     optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
     tune(base, optimizers, args.trials, args.seeds, args.out, storage=args.storage, progress=not args.quiet,
-         studies=args.studies, sampler=args.sampler, keys=tuple(k.strip() for k in args.keys.split(",") if k.strip()))
+         studies=args.studies, sampler=args.sampler, select_seeds=args.select_seeds,
+         keys=tuple(k.strip() for k in args.keys.split(",") if k.strip()))
     print(f"table: {args.out / TABLE}, best configs: {args.out}/best-<optimizer>.toml")
     return 0
 

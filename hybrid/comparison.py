@@ -29,6 +29,15 @@ def mean_final(runs: list[list[dict]]) -> float:
     return statistics.fmean(run[-1]["val_loss"] for run in runs) if runs else math.nan
 
 
+def upper_mean(losses: list[float]) -> float:
+    """The mean plus one standard error of ``losses`` (the mean alone for one value; inf if any
+    is not finite): a config that is good on average but fails on some seeds pays for its spread."""
+    if not all(map(math.isfinite, losses)):
+        return math.inf
+    mean = statistics.fmean(losses)
+    return mean + statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else mean
+
+
 def time_to_target(runs: list[list[dict]], target: float) -> tuple[int, float] | None:
     """(step, seconds) of the first evaluation whose val loss, averaged over the seeds, is at or
     below ``target``; seconds is the mean over seeds of the wall clock at that step. None if never.

@@ -5,10 +5,10 @@ the shipped defaults as the first trial, finals on fresh seeds compared with tun
       study.sqlite3            the default storage (``--storage``: any Optuna database URL, or journal:FILE)
       tokenizer.json           with data.tokenizer = "bpe": trained once, given to every run of the study
       trials/<study>/<n>/      trial n of study <optimizer>, <optimizer>-1, ... (``hybrid train``'s layout)
-      select/<optimizer>/<candidate>/seed<k>/  the defaults and each study's best on the other studies' tuning seeds
-      best-<optimizer>.toml    the selected config, lowest mean over the tuning seeds (``hybrid train --config``)
-      final/<optimizer>/seed<k>/           the best config trained with the fresh train.seed = k
-      final/<optimizer>-defaults/seed<k>/  the shipped defaults on the same seeds
+      select/<optimizer>/<candidate>/seed<k>/  the defaults and each study's best on the selection seeds
+      best-<optimizer>.toml    the selected config, lowest mean + SE on the selection seeds (``hybrid train --config``)
+      final/<optimizer>/<candidate>/seed<k>/  the selected candidate trained with the fresh train.seed = k
+      final/<optimizer>/defaults/seed<k>/     the shipped defaults on the same seeds (a candidate too)
       best.md                  tuning, selection, finals against tuned AdamW, search spaces and bracket check
       history-<study>.png, importance-<study>.png, best-so-far.png
 
@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from hybrid.checkpoint import FolderInUse, atomic_write
-from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target, welch_p
+from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target, upper_mean, welch_p
 from hybrid.config import Config, apply_overrides, config_from_dict, save_config, validate
 from hybrid.data import prepare_tokenizer
 from hybrid.errors import MAX_SEED, InputError
@@ -121,7 +121,7 @@ def study_name(optimizer: str, index: int) -> str:
 def tune(
     base: Config, optimizers: list[str], trials: int, seeds: int, out: str | Path, storage: str | None = None,
     progress: bool = True, pruner: optuna.pruners.BasePruner | None = None, studies: int = 1, sampler: str = "qmc",
-    keys: tuple[str, ...] = (),
+    keys: tuple[str, ...] = (), select_seeds: int = 5,
 ) -> list[dict]:  # fmt: skip
     """Run this worker's share of the studies, then the finals on fresh seeds, the table and plots.
 
@@ -132,8 +132,8 @@ def tune(
     is the optimizer's shipped defaults, so tuning never reports a best worse than its start.
     An optimizer's score is the median over its studies of the best trial's final val loss.
     The config for the finals is chosen among the defaults and each study's best by the mean
-    over every study's tuning seed (``_select``); it then trains on ``seeds`` fresh seeds, and
-    so do its defaults, for the comparison in ``best.md``.
+    plus one standard error over the selection seeds (``_select``); it then trains on ``seeds``
+    fresh seeds, and so do its defaults, for the comparison in ``best.md``.
 
     Args:
         base: the config every trial starts from (``train.steps`` included); a trial sets
@@ -151,6 +151,8 @@ def tune(
         keys: search only these keys of each optimizer's space, the others staying at the
             base config's values (the circuit arms: the circuit row's keys, the linear layers
             at their tuned best from ``--config``); empty: the whole space.
+        select_seeds: seeds each candidate of the selection trains on, ``train.seed + s`` for
+            s < max(studies, select_seeds): every study's tuning seed, then more (never a fresh one).
 
     Returns:
         One row per optimizer: per-study bests, the best params, the final val losses of the
@@ -161,7 +163,7 @@ def tune(
             search space included) or unreachable storage, all before any trial runs.
     """
     out = Path(out)
-    configs, spaces = _check(base, optimizers, trials, seeds, studies, sampler, keys)
+    configs, spaces = _check(base, optimizers, trials, seeds, studies, sampler, keys, select_seeds)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{out.resolve() / STORAGE}"
     db = open_storage(url)
@@ -186,18 +188,20 @@ def tune(
     finally:
         bar.close()
     by_optimizer = {name: [plan[name, s] for s in range(studies)] for name in configs}
-    rows = [_final(group, configs[name], seeds, out, progress, tokenizer) for name, group in by_optimizer.items()]
+    rows = [_final(group, configs[name], seeds, max(studies, select_seeds), out, progress, tokenizer)
+            for name, group in by_optimizer.items()]
     write_report(rows, by_optimizer, configs, spaces, out, trials)
     return rows
 
 
 def _check(base: Config, optimizers: list[str], trials: int, seeds: int, studies: int, sampler: str,
-           keys: tuple[str, ...]) -> tuple[dict[str, Config], dict[str, dict]]:  # fmt: skip
+           keys: tuple[str, ...], select_seeds: int) -> tuple[dict[str, Config], dict[str, dict]]:  # fmt: skip
     unknown = [name for name in optimizers if name not in PRESETS]
     if unknown or not optimizers:
         raise InputError(f"unknown optimizer {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(PRESETS)}")  # fmt: skip
-    for flag, value, high in (("trials", trials, None), ("seeds", seeds, None), ("studies", studies, FRESH_SEED)):
+    for flag, value, high in (("trials", trials, None), ("seeds", seeds, None), ("studies", studies, FRESH_SEED),
+                              ("select-seeds", select_seeds, FRESH_SEED)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high and value > high):
             bound = f"between 1 and {high}" if high else ">= 1"
             raise InputError(f"--{flag} must be an integer {bound}, got {value!r}")
@@ -419,42 +423,46 @@ def _best(studies: list[optuna.Study]) -> tuple[optuna.Study, optuna.trial.Froze
     return min(complete, key=lambda pair: pair[1].value) if complete else None
 
 
-def _final(studies: list[optuna.Study], cfg: Config, seeds: int, out: Path, progress: bool,
+def _final(studies: list[optuna.Study], cfg: Config, seeds: int, select_seeds: int, out: Path, progress: bool,
            tokenizer: Path | None) -> dict:  # fmt: skip
-    """Select the best config on the tuning seeds (``_select``), write ``best-<name>.toml``, train
-    it and the defaults on the fresh seeds (finished runs are kept)."""
+    """Select the best config on ``select_seeds`` seeds (``_select``), write ``best-<name>.toml``,
+    train it and the defaults on the fresh seeds (finished runs are kept)."""
     name = cfg.optim.name
     row = {"optimizer": name, "trial": None, "params": {}, "finals": [], "defaults": [], "selection": [],
            "studies": [_study_summary(st) for st in studies]}  # fmt: skip
     if _best(studies) is None:
         return row  # every trial was pruned or failed: nothing to re-run
-    row["selection"] = _select(studies, cfg, out / "select" / name, progress, tokenizer)
-    chosen = min(row["selection"], key=lambda c: c["mean"])  # the defaults come first: a tie keeps them
+    row["selection"] = _select(studies, cfg, select_seeds, out / "select" / name, progress, tokenizer)
+    chosen = min(row["selection"], key=lambda c: c["score"])  # the defaults come first: a tie keeps them
     best_cfg = apply_overrides(cfg, chosen["params"])
     save_config(best_cfg, out / f"best-{name}.toml")
     fresh = [cfg.train.seed + FRESH_SEED + k for k in range(seeds)]
+    finals = out / "final" / name  # one folder per candidate: a changed selection never reuses another's runs
     row.update(trial=chosen["label"], params=chosen["params"],
-               finals=_train_seeds(best_cfg, out / "final" / name, fresh, progress, tokenizer))  # fmt: skip
+               finals=_train_seeds(best_cfg, finals / _folder(chosen["label"]), fresh, progress, tokenizer))
     if chosen["defaults"]:
         row["defaults"] = row["finals"]  # the defaults won: the same runs
     else:
-        row["defaults"] = _train_seeds(cfg, out / "final" / f"{name}-defaults", fresh, progress, tokenizer)
+        row["defaults"] = _train_seeds(cfg, finals / "defaults", fresh, progress, tokenizer)
     return row
 
 
-def _select(studies: list[optuna.Study], cfg: Config, folder: Path, progress: bool, tokenizer: Path | None
-            ) -> list[dict]:  # fmt: skip
-    """The candidates for the finals, each scored on every tuning seed.
+def _select(studies: list[optuna.Study], cfg: Config, n_seeds: int, folder: Path, progress: bool,
+            tokenizer: Path | None) -> list[dict]:  # fmt: skip
+    """The candidates for the finals, each scored on ``n_seeds`` selection seeds.
 
     The candidates are the shipped defaults (trial 0 of the first study) and each study's best
-    trial; each trains on the tuning seed of every study (``train.seed + s``) it has no
-    complete trial on, under ``folder/<label>/seed<k>``, and its score is the mean final val
-    loss over those S seeds (a diverged run counts as infinite). The finals take the lowest
-    mean, so the selected config is never worse than the defaults on the tuning seeds, and a
-    best found on one lucky seed must hold on the others (with one study: the best trial).
+    trial; each trains on every selection seed ``train.seed + s``, s < ``n_seeds`` (study s's
+    tuning seed for s < S, so a complete trial's own run is reused) under
+    ``folder/<label>/seed<k>``. Its score is the mean final val loss plus one standard error
+    (``upper_mean``; a diverged run counts as infinite), and the finals take the lowest: the
+    selected config never scores worse than the defaults, a best found on lucky seeds must
+    hold on the others, and a config that fails on a share of the seeds pays for its spread
+    (with one study and one seed: the best trial).
 
     Returns:
-        ``[{"label", "params", "defaults", "losses": [S floats], "mean"}]``, the defaults first.
+        ``[{"label", "params", "defaults", "losses": [n_seeds floats], "mean", "score"}]``, the
+        defaults first.
     """
     first = studies[0].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     defaults = next((t for t in first if t.user_attrs.get("defaults")), None)
@@ -469,17 +477,22 @@ def _select(studies: list[optuna.Study], cfg: Config, folder: Path, progress: bo
             entry["known"][studies.index(study)] = trial.value if _finite(trial.value) else math.inf
     for entry in candidates.values():
         losses = []
-        for s in range(len(studies)):
+        for s in range(n_seeds):
             if s in entry["known"]:
                 losses.append(entry["known"][s])
                 continue
             run_cfg = apply_overrides(cfg, entry["params"])
-            (run,) = _train_seeds(run_cfg, folder / entry["label"].replace("#", "-"), [cfg.train.seed + s],
+            (run,) = _train_seeds(run_cfg, folder / _folder(entry["label"]), [cfg.train.seed + s],
                                   progress, tokenizer)  # fmt: skip
             losses.append(run[-1]["val_loss"])
-        entry.update(losses=losses, mean=statistics.fmean(losses))
+        entry.update(losses=losses, mean=statistics.fmean(losses), score=upper_mean(losses))
         del entry["known"]
     return list(candidates.values())
+
+
+def _folder(label: str) -> str:
+    """The folder name of a candidate: ``defaults`` or ``<study>-<trial number>``."""
+    return label.replace("#", "-")
 
 
 def _train_seeds(cfg: Config, folder: Path, seeds: list[int], progress: bool, tokenizer: Path | None
@@ -586,19 +599,23 @@ def _defaults_value(study: optuna.Study) -> str:
 
 
 def _selection_table(rows: list[dict], configs: dict[str, Config]) -> list[str]:
-    """The candidates of each optimizer on the tuning seeds, the selected one in bold."""
+    """The candidates of each optimizer on the selection seeds, the selected one in bold."""
     seed = next(iter(configs.values())).train.seed
-    lines = ["## Selection on the tuning seeds", "",
-             "Candidates: the defaults and each study's best trial, each trained on every study's tuning seed "
-             f"(train.seed {seed} + study); the finals take the lowest mean final val loss, so the selected "
-             "config never loses to the defaults on these seeds.", "",
-             "| optimizer | candidate | mean | per tuning seed | params |", "|---|---|---|---|---|"]  # fmt: skip
+    n = max((len(c["losses"]) for r in rows for c in r.get("selection", [])), default=0)
+    lines = ["## Selection on the selection seeds", "",
+             f"Candidates: the defaults and each study's best trial, each trained on {n} selection seeds "
+             f"(train.seed {seed} to {seed + n - 1}: every study's tuning seed first, never a final's); score: "
+             "the mean final val loss plus one standard error; the finals take the lowest score, so the "
+             "selected config never scores worse than the defaults and pays for spread across seeds.", "",
+             "| optimizer | candidate | score | mean | per selection seed | params |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         for c in r.get("selection", []):
             params = ", ".join(f"{k.removeprefix('optim.')}={v:.3g}" for k, v in c["params"].items())
             label = f"**{c['label']}** (selected)" if c["label"] == r["trial"] else c["label"]
             per_seed = ", ".join(f"{v:.4f}" for v in c["losses"])
-            lines.append(f"| {r['optimizer']} | {label} | {c['mean']:.4f} | {per_seed} | {params} |")
+            lines.append(f"| {r['optimizer']} | {label} | {c['score']:.4f} | {c['mean']:.4f} | {per_seed} "
+                         f"| {params} |")  # fmt: skip
     return lines
 
 

@@ -243,7 +243,7 @@ def test_every_run_of_a_tune_study_uses_the_studys_tokenizer(tmp_path):
 
     base = tiny_config(**{"train.steps": 20, "train.sample_chars": 0, "data.path": "pydoc",
                           "data.tokenizer": "bpe", "data.vocab_size": 300})  # fmt: skip
-    tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False)
+    tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, select_seeds=1)
     study = (tmp_path / TOKENIZER).read_bytes()
     runs = sorted(tmp_path.glob("**/" + TOKENIZER))
     assert len(runs) == 5 and all(p.read_bytes() == study for p in runs)  # study, 2 trials, 2 finals

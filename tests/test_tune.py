@@ -33,7 +33,14 @@ SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}"
 
 def argv(out: Path, *extra: str, steps: int = 10, trials: int = 2) -> list[str]:
     return ["tune", "--out", str(out), "--optimizers", "adamw", "--trials", str(trials), "--seeds", "1",
-            "--steps", str(steps), *SETS, "--quiet", *extra]  # fmt: skip
+            "--select-seeds", "1", "--steps", str(steps), *SETS, "--quiet", *extra]  # fmt: skip
+
+
+def finals_of(out: Path) -> list[list[dict]]:
+    """The metrics rows of every final run on seed 1000: the selected candidate's and the defaults'."""
+    runs = [read_table(path) for path in sorted((out / "final" / "adamw").glob("*/seed1000/metrics.csv"))]
+    assert runs
+    return runs
 
 
 def trials_of(out: Path, name: str = "adamw") -> list[optuna.trial.FrozenTrial]:
@@ -72,7 +79,7 @@ def test_a_killed_worker_loses_nothing_and_the_best_config_trains(tmp_path, caps
     assert retry.params == before[1].params and retry.state == TrialState.COMPLETE
     assert "| adamw | 3/0 |" in capsys.readouterr().out
     assert (out / "best-so-far.png").read_bytes()[:4] == b"\x89PNG"
-    assert read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")[-1]["step"] == 40
+    assert [rows[-1]["step"] for rows in finals_of(out)] in ([40], [40, 40])  # the selected (and the defaults)
 
     run = tmp_path / "run"
     assert main(["train", "--config", str(out / "best-adamw.toml"), "--out", str(run), "--steps", "5", "--quiet"]) == 0
@@ -92,7 +99,7 @@ def test_two_workers_on_one_sqlite_study_run_exactly_the_budget(tmp_path):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     finished = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
     assert len(set(finished)) == len(finished)  # workers that start together draw different params
-    assert len(read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")) == 3  # steps 0, 5, 10: trained once
+    assert {len(rows) for rows in finals_of(out)} == {3}  # steps 0, 5, 10: trained once
 
 
 def test_a_journal_file_holds_the_study(tmp_path):
@@ -190,8 +197,8 @@ def check_two_postgresql_workers(out: Path, db, postgres_url: str) -> None:
     assert retries[0].params == trials[killed].params
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 3  # none ran twice
-    final = read_table(out / "final" / "adamw" / "seed1000" / "metrics.csv")
-    assert [r["step"] for r in final] == list(range(0, 41, 5))
+    for final in finals_of(out):
+        assert [r["step"] for r in final] == list(range(0, 41, 5))
 
 
 def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
@@ -200,7 +207,7 @@ def test_a_diverged_trial_counts_with_the_worst_value(tmp_path, monkeypatch):
 
     monkeypatch.setattr("hybrid.tune.train", diverge)
     base = apply_overrides(Config(), {**TINY, "train.steps": 10})
-    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False)
+    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, select_seeds=1)
     trials = trials_of(tmp_path)
     assert [(t.state, t.value) for t in trials] == [(TrialState.COMPLETE, math.inf)] * 2
     assert "nan" in trials[0].user_attrs["diverged"] and (tmp_path / "best.md").exists()
@@ -214,7 +221,8 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_pruned_trials_are_recorded_and_stop_their_run(tmp_path):
     base = apply_overrides(Config(), {**TINY, "train.steps": 20, "train.log": "mlflow"})
-    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, pruner=AlwaysPrune())
+    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, pruner=AlwaysPrune(),
+                select_seeds=1)
     trials = trials_of(tmp_path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.intermediate_values == {0: t.value} for t in trials)  # pruned at its first evaluation

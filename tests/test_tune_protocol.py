@@ -5,6 +5,7 @@ train on fresh seeds, and the comparison statistics (time to target, bootstrap) 
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hybrid.cli import main
-from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target
+from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target, upper_mean
 from hybrid.config import Config, apply_overrides, load_config
 from hybrid.optim.registry import PRESETS, search_space
 from hybrid.tables import read_table
@@ -33,7 +34,7 @@ def study_trials(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_the_defaults_are_trial_0_of_the_first_study_and_the_finals_use_fresh_seeds(tmp_path):
     base = apply_overrides(Config(), {**TINY, "train.steps": 10})
-    rows = tune(base, ["adamw"], trials=2, seeds=2, out=tmp_path, progress=False, studies=2)
+    rows = tune(base, ["adamw"], trials=2, seeds=2, out=tmp_path, progress=False, studies=2, select_seeds=2)
     first, second = study_trials(tmp_path, "adamw"), study_trials(tmp_path, "adamw-1")
     cfg = apply_overrides(base, {"optim.name": "adamw"})
     assert first[0].user_attrs["defaults"] and first[0].params == pytest.approx(defaults_of(cfg))
@@ -45,7 +46,7 @@ def test_the_defaults_are_trial_0_of_the_first_study_and_the_finals_use_fresh_se
     assert attrs["search_space"] == {k: list(v) for k, v in search_space(cfg.optim).items()}
 
     tuning = {load_config(p).train.seed for p in (tmp_path / "trials").glob("*/*/config.toml")}
-    finals = {load_config(p).train.seed for p in (tmp_path / "final").glob("*/*/config.toml")}
+    finals = {load_config(p).train.seed for p in (tmp_path / "final").glob("*/*/*/config.toml")}
     assert tuning == {base.train.seed, base.train.seed + 1}  # one training seed per study
     assert finals == {base.train.seed + FRESH_SEED, base.train.seed + FRESH_SEED + 1}
     assert not tuning & finals
@@ -54,21 +55,30 @@ def test_the_defaults_are_trial_0_of_the_first_study_and_the_finals_use_fresh_se
     assert "## Finals on fresh seeds" in text and "Small-scale caveat" in text
 
 
-def test_the_finals_take_the_candidate_with_the_lowest_mean_over_the_tuning_seeds(tmp_path):
+def test_the_finals_take_the_candidate_with_the_lowest_mean_plus_se_over_the_selection_seeds(tmp_path):
     base = apply_overrides(Config(), {**TINY, "train.steps": 10})
-    (row,) = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, studies=2)
+    (row,) = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, studies=2, select_seeds=3)
     first, second = study_trials(tmp_path, "adamw"), study_trials(tmp_path, "adamw-1")
     selection = row["selection"]
     assert selection[0]["label"] == "defaults" and selection[0]["losses"][0] == first[0].value  # reused, not rerun
-    assert all(len(c["losses"]) == 2 for c in selection)  # every candidate on both tuning seeds
+    assert all(len(c["losses"]) == 3 for c in selection)  # both tuning seeds, then one more
     best_second = min(t.value for t in second)
     assert any(c["losses"][1] == best_second for c in selection)  # study 1's best, on its own seed
+    for c in selection:
+        assert c["score"] == pytest.approx(statistics.fmean(c["losses"]) + statistics.stdev(c["losses"]) / math.sqrt(3))
     chosen = next(c for c in selection if c["label"] == row["trial"])
-    assert chosen["mean"] == min(c["mean"] for c in selection) <= selection[0]["mean"]
+    assert chosen["score"] == min(c["score"] for c in selection) <= selection[0]["score"]
     assert load_config(tmp_path / "best-adamw.toml").optim.lr == pytest.approx(chosen["params"]["optim.lr"])
     reruns = {load_config(p).train.seed for p in (tmp_path / "select").glob("adamw/*/*/config.toml")}
-    assert reruns and reruns <= {base.train.seed, base.train.seed + 1}  # tuning seeds only, never a fresh one
-    assert "## Selection on the tuning seeds" in (tmp_path / "best.md").read_text()
+    assert reruns and reruns <= {base.train.seed + s for s in range(3)}  # selection seeds only, never a fresh one
+    assert "## Selection on the selection seeds" in (tmp_path / "best.md").read_text()
+
+
+def test_a_config_that_fails_on_some_seeds_loses_the_selection_to_a_steady_one():
+    steady, bimodal = [0.60, 0.61, 0.60, 0.61, 0.60], [0.55, 0.55, 0.55, 0.70, 0.56]
+    assert statistics.fmean(bimodal) < statistics.fmean(steady)  # the lower mean ...
+    assert upper_mean(bimodal) > upper_mean(steady)  # ... pays for its spread
+    assert upper_mean([0.5, math.inf]) == math.inf and upper_mean([0.5]) == 0.5
 
 
 def test_every_presets_defaults_lie_inside_its_search_space():
@@ -97,7 +107,7 @@ def test_the_bracket_check_flags_an_optimum_at_the_edge(tmp_path, monkeypatch):
     space = {"optim.lr": (1e-5, 2e-5, True)}  # far below the default 3e-3: the best is the defaults, above it
     monkeypatch.setattr("hybrid.tune.search_space", lambda optim: space)
     base = apply_overrides(Config(), {**TINY, "train.steps": 10})
-    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False)
+    rows = tune(base, ["adamw"], trials=2, seeds=1, out=tmp_path, progress=False, select_seeds=1)
     assert rows[0]["params"] == {"optim.lr": pytest.approx(3e-3)}
     assert bracket_flags(rows[0]["params"], space) == {"optim.lr": "high edge"}
     assert "| adamw | optim.lr | 1e-05 to 2e-05 | log | 0.003 | 0.003 |" in (tmp_path / "best.md").read_text()
@@ -115,7 +125,7 @@ def test_s_studies_of_t_trials_killed_and_rerun_end_with_exactly_s_x_t(tmp_path)
     out = tmp_path / "study"
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
     args = ["tune", "--out", str(out), "--optimizers", "adamw,muon", "--studies", "2", "--trials", "2",
-            "--seeds", "1", "--steps", "20", *sets, "--quiet"]  # fmt: skip
+            "--seeds", "1", "--select-seeds", "1", "--steps", "20", *sets, "--quiet"]  # fmt: skip
     proc = worker(args)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # kill it in the first trial of the last study
@@ -135,6 +145,7 @@ def test_s_studies_of_t_trials_killed_and_rerun_end_with_exactly_s_x_t(tmp_path)
 
 @pytest.mark.parametrize("extra, message", [
     (["--studies", "0"], "--studies must be an integer between 1 and 1000"),
+    (["--select-seeds", "0"], "--select-seeds must be an integer between 1 and 1000"),
     (["--sampler", "grid"], "--sampler 'grid' is not a sampler; choose one of: qmc, tpe"),
 ])  # fmt: skip
 def test_bad_protocol_flags_exit_2_with_one_line(tmp_path, capsys, extra, message):
@@ -175,7 +186,7 @@ def test_the_bootstrap_interval_holds_the_ratio_and_is_exact_without_spread():
 def test_a_rerun_with_another_base_config_is_refused_but_renamed_keys_are_read_back(tmp_path, capsys):
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
     args = ["tune", "--out", str(tmp_path), "--optimizers", "adamw", "--trials", "1", "--seeds", "1",
-            "--steps", "5", *sets, "--quiet"]  # fmt: skip
+            "--select-seeds", "1", "--steps", "5", *sets, "--quiet"]  # fmt: skip
     assert main(args) == 0
     url = f"sqlite:///{tmp_path / 'study.sqlite3'}"
     study = optuna.load_study(study_name="adamw", storage=url)
@@ -192,14 +203,14 @@ def test_a_rerun_with_another_base_config_is_refused_but_renamed_keys_are_read_b
 def test_keys_search_only_those_and_leave_the_rest_at_the_base_config(tmp_path, capsys):
     base = apply_overrides(Config(), {**TINY, "train.steps": 10, "optim.muon.lr": 0.02})
     (row,) = tune(base, ["muon_qng"], trials=2, seeds=1, out=tmp_path, progress=False,
-                  keys=("optim.qng.lr", "optim.qng.damping"))  # fmt: skip
+                  keys=("optim.qng.lr", "optim.qng.damping"), select_seeds=1)  # fmt: skip
     for trial in study_trials(tmp_path, "muon_qng"):
         assert set(trial.params) == {"optim.qng.lr", "optim.qng.damping"}
         saved = load_config(tmp_path / "trials" / "muon_qng" / str(trial.number) / "config.toml")
         assert saved.optim.muon.lr == 0.02 and saved.optim.lr == base.optim.lr  # the linear layers at the base
     assert "| muon_qng | optim.muon.lr |" not in (tmp_path / "best.md").read_text()
     args = ["tune", "--out", str(tmp_path), "--optimizers", "muon_qng", "--trials", "2", "--seeds", "1",
-            "--steps", "10", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
+            "--select-seeds", "1", "--steps", "10", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
             "--set", "optim.muon.lr=0.02", "--quiet"]  # fmt: skip
     assert main([*args, "--keys", "optim.qng.lr"]) == 2  # the stored study searched another space
     assert main([*args, "--keys", "optim.kfac.lr"]) == 2

@@ -42,7 +42,8 @@ BAD_FLAGS = {
     },
     "tune": {
         "--trials": ["0", "-1", *NOT_INT], "--steps": ["0", *NOT_INT], "--seeds": ["0", "-1", "x"],
-        "--optimizers": ["nope", "adamw,sgd"], "--storage": ["ftp://x", "journal:", "mysql"],
+        "--select-seeds": ["0", "1001", "x"], "--optimizers": ["nope", "adamw,sgd"],
+        "--storage": ["ftp://x", "journal:", "mysql"],
         "--log": BAD_LOG, "--set": ["optim.lr=nan", "train.seed=-1"],
     },
     "submit": {
