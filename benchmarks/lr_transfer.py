@@ -2,9 +2,10 @@
 
     python benchmarks/lr_transfer.py --steps 500
 
-For adamw and muon (the rows with a derived muP scaling; K-FAC and eigen-Adam are refused under
+For adamw, muon and eigen_adam (the rows with a derived muP scaling; K-FAC is refused under
 mup), trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
-row's learning rate (AdamW's ``optim.lr``, Muon's ``optim.muon.lr``), under
+row's learning rate (AdamW's ``optim.lr``, Muon's ``optim.muon.lr``, eigen-Adam's
+``optim.eigen_adam.lr``), under
 ``model.parametrization = standard`` and ``mup`` (base width 64, so both share the width-64
 column), and writes ``benchmarks/results/lr_transfer.md`` (final val loss per rate and width, the
 best rate per width and how many grid steps it moves) and ``lr_transfer.png`` (loss against rate
@@ -39,6 +40,7 @@ WIDTHS = (32, 64, 128, 256)
 GRIDS = {  # optimizer -> (the key swept, rates): factors of 2 around the shipped default
     "adamw": ("optim.lr", [3e-3 * 2.0**k for k in range(-3, 4)]),
     "muon": ("optim.muon.lr", [0.0142 * 2.0**k for k in range(-3, 4)]),
+    "eigen_adam": ("optim.eigen_adam.lr", [3e-3 * 2.0**k for k in range(-3, 4)]),
 }
 PARAMETRIZATIONS = ("standard", "mup")
 
@@ -118,7 +120,7 @@ def report(losses: dict, args) -> str:
 
 
 def plot(losses: dict) -> Figure:
-    fig = Figure(figsize=(10, 7))
+    fig = Figure(figsize=(10, 3.5 * len(GRIDS)))
     axes = fig.subplots(len(GRIDS), len(PARAMETRIZATIONS), squeeze=False)
     for row, (name, (key, rates)) in enumerate(GRIDS.items()):
         for col, parametrization in enumerate(PARAMETRIZATIONS):

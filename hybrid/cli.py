@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     tune.add_argument("--seeds", type=int, default=5,
                       help="fresh seeds of the final runs of each best config and of its defaults")
-    tune.add_argument("--select-seeds", type=int, default=5,
+    tune.add_argument("--select-seeds", type=int, default=10,
                       help="seeds each candidate (the defaults, each study's best) trains on before the finals; "
                       "the lowest mean + standard error is selected")
     tune.add_argument("--storage", help="Optuna storage shared by workers: a database URL "

@@ -6,6 +6,7 @@ r"""Adam in the Kronecker eigenbasis of K-FAC's factors (EKFAC, George et al. 20
         every basis_every steps:      A = QA diag QA^T, G = QG diag QG^T (float64 eigh); carry m, v into the new basis
         every step:                   g~ = QG^T [dW | db] QA;  m, v <- Adam moments of g~ (bias-corrected)
                                       [dW | db] <- QG (m^ / (sqrt(v^) + eps)) QA^T + weight_decay [W | 0]
+                                      (muP: dW of a hidden matrix x 1 / width_mult, as AdamW's rate there)
 
 Adam's per-coordinate scaling replaces K-FAC's eigenvalues: no damping, no KL clip, and the
 step is AdamW's: lr, betas, eps and decoupled weight decay as ``torch.optim.AdamW`` takes them.
@@ -18,7 +19,7 @@ Layer selection (``kfac_layers``), the hooks (``LinearCapture``) and the running
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,9 @@ class EigenAdamPreconditioner:
             ``to_angles`` are the SGD step's and the registry's.
         exclude: patterns left to AdamW besides ``settings.exclude``.
         seed: seeds the label sampling of ``fisher="mc"``.
+        scales: ``{layer name: (lr multiplier, weight-decay multiplier)}`` of a layer's weight
+            (its bias keeps the step's lr): muP's hidden matrices at 1 / width_mult, as AdamW's
+            group ``adamw_hidden`` (``hybrid.optim.registry.eigen_adam_part``); absent: (1, 1).
         **keywords: ``EigenAdamSettings`` fields instead of (or over) ``settings``, validated here.
 
     Raises:
@@ -123,9 +127,10 @@ class EigenAdamPreconditioner:
 
     def __init__(
         self, model: nn.Module, settings: EigenAdamSettings | None = None, *, exclude: Iterable[str] = (),
-        seed: int = 0, **keywords,
+        seed: int = 0, scales: Mapping[str, tuple[float, float]] | None = None, **keywords,
     ):  # fmt: skip
         s = self.settings = settings_or_keywords(EigenAdamSettings, settings, keywords)
+        self.scales = dict(scales or {})
         self.beta1, self.beta2, self.eps, self.weight_decay = s.beta1, s.beta2, s.eps, s.weight_decay
         self.basis_every, self.curvature_every, self.curvature_ema = s.basis_every, s.curvature_every, s.curvature_ema
         self.fisher = s.fisher
@@ -172,7 +177,10 @@ class EigenAdamPreconditioner:
             if grad is None:
                 continue
             write_grad(layer, self._adam_update(name, grad))  # (d_out, d_a), in the weight's own layout
-            layer.weight.grad.add_(layer.weight, alpha=self.weight_decay)
+            lr_scale, decay_scale = self.scales.get(name, (1.0, 1.0))
+            layer.weight.grad.add_(layer.weight, alpha=self.weight_decay * decay_scale)
+            if lr_scale != 1.0:
+                layer.weight.grad.mul_(lr_scale)  # the SGD step at lr: this weight's rate is lr * lr_scale
         self.steps += 1
 
     def _adam_update(self, name: str, grad: torch.Tensor) -> torch.Tensor:

@@ -56,9 +56,15 @@ def kfac_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = Non
 
 def eigen_adam_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = None) -> Part:
     """Adam in K-FAC's eigenbasis (``hybrid.optim.eigen_adam``) on the linear layers; the SGD
-    step applies its direction as is (momentum 0) at ``cfg.eigen_adam.lr``."""
+    step applies its direction as is (momentum 0) at ``cfg.eigen_adam.lr``; under muP the hidden
+    matrices' rate and decay scale as AdamW's (``mup_width``)."""
     exclude = [] if cfg.eigen_adam.to_angles else _angle_layers(model)
-    pc = EigenAdamPreconditioner(model, cfg.eigen_adam, exclude=exclude)
+    scales = {}
+    if width_mult is not None:
+        hidden = {id(w) for w in model.hidden_matrices()}
+        scales = {name: (1 / width_mult, decay_scale(cfg, width_mult)) for name, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and id(m.weight) in hidden}  # fmt: skip
+    pc = EigenAdamPreconditioner(model, cfg.eigen_adam, exclude=exclude, scales=scales)
     return preconditioned_sgd("eigen_adam", pc, cfg.eigen_adam.lr, momentum=0.0)
 
 
@@ -263,11 +269,17 @@ def mup_width(model: nn.Module, cfg: OptimConfig) -> float | None:
       AdamW's update of a hidden matrix is nearly low-rank, the orthogonalised one full-rank.)
     - QNG and metric_adam: the circuit keeps its size under mup (only classical widths scale), and
       its inputs are angles from a readout already scaled by the model: no change.
-    - K-FAC and eigen_adam: not derived here yet (second-order muP, Ishikawa and Karakida 2023,
-      scales damping and rates per layer); refused with one line.
+    - eigen_adam: AdamW's rule, hidden matrices at lr / width_mult (and their decay by
+      ``decay_scale``), the rest at lr. Its step is Adam's direction in the orthogonal eigenbasis
+      of K-FAC's factors, rotated back: the rotations keep the update's Frobenius norm and, once
+      the moments are in the basis, its entries of Adam's order, so Adam's per-entry muP
+      rate carries over (the rule Qiu et al. 2025, arXiv 2512.05620, take for SOAP, Adam in
+      Shampoo's eigenbasis). Before the first basis the step is AdamW's, exactly.
+    - K-FAC: not derived here yet (its muP, Ishikawa and Karakida 2023, arXiv 2312.12226, keeps the
+      rates but rescales the damping per layer); refused with one line.
 
     Raises:
-        InputError: mup with a linear-layer preconditioner, or weight_decay_scaling without mup.
+        InputError: mup with K-FAC on the linear layers, or weight_decay_scaling without mup.
     """
     mup = isinstance(model, HybridGPT) and model.cfg.parametrization == "mup"
     check_mup(model.cfg.parametrization if mup else "standard", cfg)
@@ -284,15 +296,15 @@ def check_mup(parametrization: str, cfg: OptimConfig) -> None:
     """The optimizer settings ``parametrization`` cannot take (``validate(cfg)`` and ``build_optimizer``).
 
     Raises:
-        InputError: mup with a linear-layer preconditioner, or weight_decay_scaling without mup.
+        InputError: mup with K-FAC on the linear layers, or weight_decay_scaling without mup.
     """
     if parametrization != "mup" and cfg.weight_decay_scaling != "none":
         raise InputError("optim.weight_decay_scaling=inverse_width scales with the width under "
                          "model.parametrization=mup only; set it, or weight_decay_scaling=none")  # fmt: skip
     linear = cfg.roles()["linear"]
-    if parametrization == "mup" and linear in ("kfac", "eigen_adam"):
+    if parametrization == "mup" and linear == "kfac":
         raise InputError(f"model.parametrization=mup has no derived scaling for {linear} yet; "
-                         "use --optimizer adamw, muon or qng, or model.parametrization=standard")
+                         "use --optimizer adamw, muon, eigen_adam or qng, or model.parametrization=standard")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
