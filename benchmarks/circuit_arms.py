@@ -5,7 +5,7 @@
 The linear layers stay on Muon at its tuned best (``--base``, a ``best-muon.toml`` of a
 ``hybrid tune`` protocol study); only the circuit's optimizer changes, and each arm is tuned on
 its own keys with the same budget (``hybrid tune --keys``: 3 studies x 5 quasi-random trials,
-the arm's defaults as trial 0, selection on the tuning seeds, finals on 5 fresh seeds):
+the arm's defaults as trial 0, selection by mean + SE on 10 seeds, finals on 5 fresh seeds):
 
     adamw         the circuit weights on AdamW (preset muon): AdamW's lr, beta2, weight decay
     qng           QNG, no momentum (muon_qng): its lr and damping

@@ -7,7 +7,9 @@ Reads ``results.csv`` of the sweep and writes a markdown table (beside it the ro
 (mean ± std over seeds) and whether it falls with width at every step; the power law
 ``val_loss - floor = a x^(-alpha)`` against parameters and against training compute, fitted
 over every run and over the seed means (``hybrid.scaling.fit_power_law``: least squares in log
-space, 95% intervals from the t distribution), with r^2 and a flag below 0.9; and, for each pair
+space, 95% intervals from the t distribution), with r^2 and a flag below 0.9; the same law above a
+fitted offset, ``val_loss = L_inf + a x^(-alpha)`` (``offset_fit``: where the loss levels off
+above the entropy floor, the budget, not the width, bounds it); and, for each pair
 of optimizers, the difference of their exponents and of their constants (at the geometric mean
 size) with Welch-style t-tests on the two regressions' standard errors: does an optimizer change
 the exponent, or only the constant?
@@ -24,7 +26,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -46,6 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the markdown file to write")
     parser.add_argument("--title", default="Scaling: reducible loss against parameters and compute, per optimizer")
     parser.add_argument("--command", default="", help="the hybrid sweep command, quoted in the report")
+    parser.add_argument("--notes", type=Path, help="a markdown file of what the tables show, put after them")
     args = parser.parse_args(argv)
     rows = read_table(args.sweep / RESULTS)
     if not rows:
@@ -80,6 +83,30 @@ def mean_fit(rows: list[dict], optimizer: str, axis: str):
         return fit_power_law(x, y)
     except ValueError:
         return None
+
+
+def offset_fit(rows: list[dict], optimizer: str, axis: str = "params") -> tuple[float, float, float, float] | None:
+    """``(L_inf, alpha, its standard error, r^2)`` of ``val_loss = L_inf + a x^(-alpha)`` over every
+    run (nonlinear least squares, L_inf between the entropy floor and the lowest loss, x in units
+    of the smallest size); None when it does not converge or has fewer than 4 runs."""
+    pts = [r for r in rows if r["optimizer"] == optimizer]
+    x = np.array([float(r[axis]) for r in pts])
+    y = np.array([float(r["val_loss"]) for r in pts])
+    if len(pts) < 4 or len(np.unique(x)) < 3:
+        return None
+    x = x / x.min()
+
+    def law(size, floor, a, alpha):
+        return floor + a * size ** (-alpha)
+
+    try:
+        (floor, a, alpha), cov = optimize.curve_fit(
+            law, x, y, p0=(y.min() - 0.01, y.max() - y.min(), 0.5),
+            bounds=([ENTROPY_RATE, 0.0, 0.0], [y.min(), np.inf, 10.0]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    r2 = 1 - float(np.sum((y - law(x, floor, a, alpha)) ** 2) / np.sum((y - y.mean()) ** 2))
+    return float(floor), float(alpha), float(math.sqrt(cov[2, 2])) if np.isfinite(cov[2, 2]) else math.nan, r2
 
 
 def regression(rows: list[dict], optimizer: str, axis: str):
@@ -146,13 +173,21 @@ def report(rows: list[dict], fits: dict, args) -> str:
                 cells += [f"{f.exponent:.3f} [{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]", f"{f.r2:.2f}{flag}"]
             lines.append(f"| {name} | {axis} | " + " | ".join(cells) + f" | {means.coefficient:.3g} |"
                          if means else f"| {name} | {axis} | " + " | ".join(cells) + " | |")  # fmt: skip
+    lines += ["", "The same law above a fitted offset, `val_loss = L_inf + a params^(-alpha)` over every run "
+              f"(L_inf between the floor {ENTROPY_RATE:.3f} and the lowest loss; ± one standard error):", "",
+              "| optimizer | L_inf | alpha | r^2 |", "|---|---|---|---|"]  # fmt: skip
+    for name in optimizers:
+        fit = offset_fit(rows, name)
+        lines.append(f"| {name} | {fit[0]:.3f} | {fit[1]:.2f} ± {fit[2]:.2f} | {fit[3]:.2f} |" if fit
+                     else f"| {name} | did not converge | | |")  # fmt: skip
     lines += ["", "Exponent and constant compared (every run, against parameters): b − a of the exponent, "
               "and of log(val_loss − floor) at the geometric mean size, with two-sided t-test p-values.", "",
               "| a | b | alpha_b − alpha_a | p | log-constant b − a | p |", "|---|---|---|---|---|---|"]  # fmt: skip
     for a, b in combinations(optimizers, 2):
         d_slope, p_slope, d_const, p_const = compare(rows, a, b, "params")
         lines.append(f"| {a} | {b} | {d_slope:+.3f} | {p_slope:.2g} | {d_const:+.3f} | {p_const:.2g} |")
-    return "\n".join([*lines, "", "![scaling](scaling.png)", "", footer(("torch", "scipy")), ""])
+    notes = ["", args.notes.read_text().strip()] if args.notes else []
+    return "\n".join([*lines, *notes, "", "![scaling](scaling.png)", "", footer(("torch", "scipy")), ""])
 
 
 if __name__ == "__main__":
