@@ -74,12 +74,13 @@ def main() -> None:
 def final_runs(study: Path, name: str) -> list[list[dict]]:
     """The metrics rows of each final seed of ``name``'s selected config, the candidate folder
     whose runs were trained with ``best-<name>.toml``'s [optim] (empty when no trial completed)."""
-    best = study / f"best-{name}.toml"
-    if not best.exists():
+    path = study / f"best-{name}.toml"
+    if not path.exists():
         return []
+    best = load_config(path).optim
     for folder in sorted((study / "final" / name).glob("*")):
         configs = sorted(folder.glob("seed*/config.toml"))
-        if configs and load_config(configs[0]).optim == load_config(best).optim:
+        if configs and load_config(configs[0]).optim == best:
             return [read_table(path.parent / "metrics.csv") for path in configs]
     return []
 
