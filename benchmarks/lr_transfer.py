@@ -2,10 +2,10 @@
 
     python benchmarks/lr_transfer.py --steps 500
 
-For adamw, muon and eigen_adam (the rows with a derived muP scaling; K-FAC is refused under
-mup), trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
+For adamw, muon, eigen_adam and kfac (each row's muP rule: ``hybrid.optim.registry.mup_width``),
+trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
 row's learning rate (AdamW's ``optim.lr``, Muon's ``optim.muon.lr``, eigen-Adam's
-``optim.eigen_adam.lr``), under
+``optim.eigen_adam.lr``, K-FAC's ``optim.kfac.lr``), under
 ``model.parametrization = standard`` and ``mup`` (base width 64, so both share the width-64
 column), and writes ``benchmarks/results/lr_transfer.md`` (final val loss per rate and width, the
 best rate per width and how many grid steps it moves) and ``lr_transfer.png`` (loss against rate
@@ -41,6 +41,7 @@ GRIDS = {  # optimizer -> (the key swept, rates): factors of 2 around the shippe
     "adamw": ("optim.lr", [3e-3 * 2.0**k for k in range(-3, 4)]),
     "muon": ("optim.muon.lr", [0.0142 * 2.0**k for k in range(-3, 4)]),
     "eigen_adam": ("optim.eigen_adam.lr", [3e-3 * 2.0**k for k in range(-3, 4)]),
+    "kfac": ("optim.kfac.lr", [1.0 * 2.0**k for k in range(-4, 3)]),
 }
 PARAMETRIZATIONS = ("standard", "mup")
 

@@ -147,14 +147,15 @@ def test_mc_factors_approach_the_type2_fisher():
 
 
 @pytest.mark.parametrize("inverse", ["eigh", "cholesky"])
-def test_damped_step_equals_the_dense_kronecker_solve(inverse):
+@pytest.mark.parametrize("scales", [{}, {"4": 0.25}])  # muP's readout damping (registry.kfac_part)
+def test_damped_step_equals_the_dense_kronecker_solve(inverse, scales):
     model, (x, y) = mlp(bias_last=False), data("mlp")
-    damping = 0.05
-    kfac = KFACPreconditioner(model, damping=damping, kl_clip=0.0, inverse=inverse)
+    kfac = KFACPreconditioner(model, damping=0.05, kl_clip=0.0, inverse=inverse, damping_scales=scales)
     nn.functional.cross_entropy(model(x), y).backward()
     grads = {name: grad_matrix(kfac.layers[name]).clone() for name in kfac.layers}  # (d_out, d_in [+ 1])
     kfac.precondition(lr=0.1)
     for name, (A, G) in kfac.factors().items():
+        damping = 0.05 * scales.get(name, 1.0)
         if inverse == "eigh":  # exact Tikhonov damping of the Kronecker product
             matrix = torch.kron(G, A) + damping * torch.eye(G.shape[0] * A.shape[0], dtype=A.dtype)
         else:  # factored damping with Martens & Grosse's pi

@@ -59,20 +59,23 @@ def test_mup_needs_a_base_width_the_heads_divide(capsys):
 
 
 def coordinates(width: int, parametrization: str, optimizer: str = "adamw", steps: int = 3,
-                lr: float = 0.01) -> dict[str, float]:  # fmt: skip
+                lr: float = 0.01, inverse: str = "eigh") -> dict[str, float]:  # fmt: skip
     """The RMS of every block's output, the attention and MLP outputs and the logits after
     ``steps`` steps of ``optimizer`` (the rows' muP rates; eigen_adam in its eigenbasis from the
-    second step), on one fixed batch: muP's coordinate check."""
+    second step, K-FAC with its ``inverse`` block from the first), on one fixed batch: muP's
+    coordinate check."""
     from hybrid.optim import OptimConfig, build_optimizer
     from hybrid.optim.eigen_adam import EigenAdamSettings
+    from hybrid.optim.kfac import KFACSettings
 
     torch.manual_seed(0)
     cfg = ModelConfig(n_embd=width, n_head=4, n_layer=2, block_size=16, quantum="none",
                       parametrization=parametrization, base_width=64)  # fmt: skip
     net = HybridGPT(cfg, vocab_size=11)
     eigen = EigenAdamSettings(lr=lr, weight_decay=0.0, basis_every=1, curvature_every=1)
+    kfac = KFACSettings(curvature_every=1, inverse_every=1, inverse=inverse)
     optimizer = build_optimizer(net, OptimConfig(name=optimizer, lr=lr, grad_clip=0.0, weight_decay=0.0,
-                                                 eigen_adam=eigen))  # fmt: skip
+                                                 eigen_adam=eigen, kfac=kfac))  # fmt: skip
     idx = torch.arange(8 * 17).reshape(8, 17) % 11  # a pattern the model can learn
     x, y = idx[:, :-1], idx[:, 1:]
     for _ in range(steps):
@@ -91,13 +94,17 @@ def coordinates(width: int, parametrization: str, optimizer: str = "adamw", step
     return rms
 
 
-@pytest.mark.parametrize("optimizer, bound", [("adamw", 2), ("eigen_adam", 3)])
-def test_the_coordinate_check_holds_under_mup_and_fails_under_standard(optimizer, bound):
+@pytest.mark.parametrize(
+    "optimizer, inverse, bound",
+    [("adamw", "eigh", 2), ("eigen_adam", "eigh", 3), ("kfac", "eigh", 3), ("kfac", "cholesky", 4)],
+)
+def test_the_coordinate_check_holds_under_mup_and_fails_under_standard(optimizer, inverse, bound):
     """AdamW's RMS spread 1.97x from width 32 to 512 under mup, eigen_adam's 2.57x (its activations
-    shrink slightly with width in the eigenbasis; 2.14x from width 64); under standard both grow ~40x."""
+    shrink slightly with width in the eigenbasis; 2.14x from width 64), K-FAC's 2.37x (eigh) and
+    3.28x (cholesky); under standard they grow ~40x (K-FAC's MLP outputs 39x and 81x)."""
     widths = (32, 64, 128, 256, 512)
     for parametrization, bounded in (("mup", True), ("standard", False)):
-        table = [coordinates(w, parametrization, optimizer) for w in widths]
+        table = [coordinates(w, parametrization, optimizer, inverse=inverse) for w in widths]
         spread = {key: max(row[key] for row in table) / min(row[key] for row in table) for key in table[0]}
         if bounded:
             assert all(ratio < bound for ratio in spread.values()), spread
@@ -105,8 +112,9 @@ def test_the_coordinate_check_holds_under_mup_and_fails_under_standard(optimizer
             assert spread["logits"] > 2 and table[-1]["logits"] > table[0]["logits"], spread
 
 
-def test_mup_scales_adamw_and_muon_rates_and_refuses_kfac(capsys):
+def test_mup_scales_adamw_and_muon_rates_keeps_kfac_and_refuses_its_graft(capsys):
     from hybrid.optim import OptimConfig, build_optimizer
+    from hybrid.optim.kfac import KFACSettings
 
     wide = model(256, "mup", "none")
     groups = {g["name"]: g for g in build_optimizer(wide, OptimConfig(name="adamw", lr=0.01)).param_groups}
@@ -119,14 +127,20 @@ def test_mup_scales_adamw_and_muon_rates_and_refuses_kfac(capsys):
     base = {g["name"]: g["lr"] for g in build_optimizer(model(64, "mup", "none"), OptimConfig()).param_groups}
     standard = {g["name"]: g["lr"] for g in build_optimizer(model(64, "standard", "none"), OptimConfig()).param_groups}
     assert base == standard  # at base_width nothing changes
-    with pytest.raises(InputError, match="no derived scaling for kfac yet"):
-        build_optimizer(wide, OptimConfig(name="kfac"))
+    kfac = build_optimizer(wide, OptimConfig(name="kfac")).parts[0].preconditioner  # the readout's damping / 4
+    assert kfac._damping == {name: 0.01 / 4 if name == "lm_head" else 0.01 for name in kfac.layers}
+    groups = {g["name"]: g["lr"] for g in build_optimizer(wide, OptimConfig(name="kfac")).param_groups}
+    assert groups["kfac"] == OptimConfig().kfac.lr  # the rate stays put
+    base = build_optimizer(model(64, "mup", "none"), OptimConfig(name="kfac")).parts[0].preconditioner
+    assert set(base._damping.values()) == {0.01}  # at base_width nothing changes
+    with pytest.raises(InputError, match="optim.kfac.graft and optim.kfac.adam_steps"):
+        build_optimizer(wide, OptimConfig(name="hybrid", kfac=KFACSettings(graft=True)))
     assert main(["train", "--out", "/nonexistent/never", "--set", "model.parametrization=mup",
-                 "--optimizer", "hybrid", "--quiet"]) == 2  # fmt: skip
+                 "--optimizer", "hybrid", "--set", "optim.kfac.adam_steps=5", "--quiet"]) == 2  # fmt: skip
     assert main(["train", "--out", "/nonexistent/never", "--set", "optim.weight_decay_scaling=inverse_width",
                  "--quiet"]) == 2  # fmt: skip
     err = capsys.readouterr().err.splitlines()
-    assert "no derived scaling for kfac yet" in err[0] and "under model.parametrization=mup only" in err[1]
+    assert "optim.kfac.graft and optim.kfac.adam_steps" in err[0] and "under model.parametrization=mup only" in err[1]
 
 
 def test_eigen_adam_under_mup_steps_as_torch_adamw_at_the_hidden_rate_before_its_first_basis():

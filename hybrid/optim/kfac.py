@@ -134,6 +134,8 @@ class KFACPreconditioner:
             its ``lr``, ``momentum`` and ``to_angles`` are the SGD step's and the registry's.
         exclude: patterns left to AdamW besides ``settings.exclude`` (see ``kfac_layers``).
         seed: seeds the label sampling of ``fisher="mc"``.
+        damping_scales: ``{layer name: multiplier of the damping}`` for some layers (muP's
+            readouts, ``hybrid.optim.registry.mup_width``); the others take ``damping`` as is.
         **keywords: ``KFACSettings`` fields instead of (or over) ``settings``, validated here,
             e.g. ``KFACPreconditioner(model, damping=1e-3)``; defaults are ``KFACSettings``'s.
 
@@ -143,7 +145,7 @@ class KFACPreconditioner:
 
     def __init__(
         self, model: nn.Module, settings: KFACSettings | None = None, *, exclude: Iterable[str] = (), seed: int = 0,
-        **keywords,
+        damping_scales: dict[str, float] | None = None, **keywords,
     ):  # fmt: skip
         s = self.settings = settings_or_keywords(KFACSettings, settings, keywords)
         self.damping, self.curvature_every, self.inverse_every = s.damping, s.curvature_every, s.inverse_every
@@ -152,6 +154,8 @@ class KFACPreconditioner:
         self.block = BLOCKS[s.inverse]
         self.layers, self.excluded = kfac_layers(model, [*s.patterns(), *exclude], s.max_dim)
         report_excluded(type(self).__name__, self.layers, self.excluded)  # once, when the optimizer is built
+        scales = damping_scales or {}
+        self._damping = {name: self.damping * scales.get(name, 1.0) for name in self.layers}
         owned = [(name, p) for name, m in self.layers.items() for p in (m.weight, m.bias)
                  if p is not None and p.requires_grad]  # fmt: skip
         self.params = [p for _, p in owned]
@@ -235,7 +239,7 @@ class KFACPreconditioner:
         owners = {(name, key): i % size for i, name in enumerate(self.A) for key in ("A", "G")}
         todo: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}  # (size, device) -> [(layer, "A"/"G", matrix)]
         for name in (n for n in self.A if owners[n, "A"] == rank):
-            A, G = self.block.damped(self.A[name].double(), self.G[name].double(), self.damping)
+            A, G = self.block.damped(self.A[name].double(), self.G[name].double(), self._damping[name])
             for key, M in (("A", A), ("G", G)):
                 todo.setdefault((M.shape[0], M.device), []).append((name, key, M))
         results = {}
@@ -260,9 +264,9 @@ class KFACPreconditioner:
         for name, entry in self._decomposed.items():
             if len(entry) == len(self.block.keys):  # both factors decomposed at least once
                 layer = self.layers[name]
-                key = (*layer_dims(layer), layer.bias is not None, layer.weight.device)
+                key = (*layer_dims(layer), layer.bias is not None, layer.weight.device, self._damping[name])
                 groups.setdefault(key, []).append(name)
-        self._batched = [(names, self.block.operators([self._decomposed[n] for n in names], self.damping))
+        self._batched = [(names, self.block.operators([self._decomposed[n] for n in names], self._damping[names[0]]))
                          for names in groups.values()]  # fmt: skip
 
     def _precondition_grads(self, lr: float, adam: list[torch.Tensor | None] | None = None) -> None:
