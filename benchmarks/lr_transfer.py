@@ -1,6 +1,7 @@
 """Learning-rate transfer across widths: does the best rate move with n_embd, under each parametrization?
 
     python benchmarks/lr_transfer.py --steps 500
+    python benchmarks/lr_transfer.py --steps 500 --data shakespeare   # real text: lr_transfer-shakespeare.md
 
 For adamw, muon, eigen_adam and kfac (each row's muP rule: ``hybrid.optim.registry.mup_width``),
 trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
@@ -32,7 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from footer import footer  # noqa: E402
 
 from hybrid.checkpoint import atomic_write  # noqa: E402
-from hybrid.config import Config, apply_overrides  # noqa: E402
+from hybrid.config import Config, apply_overrides, validate  # noqa: E402
+from hybrid.errors import InputError  # noqa: E402
 from hybrid.tables import read_table  # noqa: E402
 from hybrid.train import CHECKPOINT, METRICS, Diverged, train  # noqa: E402
 
@@ -49,36 +51,79 @@ PARAMETRIZATIONS = ("standard", "mup")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "lr_transfer")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lr_transfer.md")
+    parser.add_argument("--data", default="markov", help="data.path: markov (the default model's) or a corpus")
+    parser.add_argument("--runs", type=Path, help="default runs/lr_transfer[/<data>]")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/lr_transfer[-<data>].md")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds (train.seed 0, 1, ...) of the --rows; "
+                        "a row's loss is the mean over the seeds it has for every cell")  # fmt: skip
+    parser.add_argument("--rows", default="", help="comma-separated optimizer/parametrization rows that get "
+                        "--seeds, e.g. muon/mup (default: all); the others keep the seeds they have")  # fmt: skip
     args = parser.parse_args()
+    rows = [f"{n}/{p}" for n in GRIDS for p in PARAMETRIZATIONS]
+    chosen = args.rows.split(",") if args.rows else rows
+    if args.seeds < 1 or not set(chosen) <= set(rows):
+        parser.exit(2, f"error: --seeds must be >= 1 and --rows among {', '.join(rows)}; got {args.seeds}, "
+                       f"{args.rows}\n")  # fmt: skip
+    try:
+        validate(apply_overrides(Config(), {"data.path": args.data}))  # a bad --data ends here, before any run
+    except InputError as error:
+        parser.exit(2, f"error: {error}\n")
+    markov = args.data == "markov"  # the default model's cells keep their place
+    args.runs = args.runs or ROOT / "runs" / "lr_transfer" / ("" if markov else args.data)
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"lr_transfer{'' if markov else '-' + args.data}.md"
     torch.set_num_threads(1)
     store = args.out.with_suffix(".json")
-    done = json.loads(store.read_text()) if store.exists() else {}  # "name/parametrization/width/index" -> loss
-    losses: dict[tuple, float] = {}
-    for width in WIDTHS:  # widths outermost: a partial run has every rate of the small widths
-        for name, (key, rates) in GRIDS.items():
-            for parametrization in PARAMETRIZATIONS:
-                for i, rate in enumerate(rates):
-                    cell = f"{name}/{parametrization}/{width}/{i}"
-                    if cell not in done:
-                        done[cell] = run(args, name, key, rate, parametrization, width, i)
-                        atomic_write(store, lambda f: f.write(json.dumps(done, indent=0, sort_keys=True).encode()))
-                    losses[name, parametrization, width, i] = done[cell]
-    text = report(losses, args)
+    done = json.loads(store.read_text()) if store.exists() else {}  # cell_key(...) -> loss
+    for seed in range(args.seeds):  # seeds outermost: a partial run has whole seeds of the small widths
+        for width in WIDTHS:  # then widths: a partial seed has every rate of the small widths
+            for name, (key, rates) in GRIDS.items():
+                for parametrization in PARAMETRIZATIONS:
+                    if seed > 0 and f"{name}/{parametrization}" not in chosen:
+                        continue
+                    for i, rate in enumerate(rates):
+                        cell = cell_key(name, parametrization, width, i, seed)
+                        if cell not in done:
+                            done[cell] = run(args, name, key, rate, parametrization, width, i, seed)
+                            atomic_write(store, lambda f: f.write(json.dumps(done, indent=0, sort_keys=True).encode()))
+    losses, seeds = seed_means(done)
+    text = report(losses, seeds, args)
     args.out.write_text(text)
     plot(losses).savefig(args.out.with_suffix(".png"), dpi=120)
     print(text)
 
 
-def run(args, name: str, key: str, rate: float, parametrization: str, width: int, index: int) -> float:
+def cell_key(name: str, parametrization: str, width: int, index: int, seed: int) -> str:
+    """A cell's key in the json store: ``name/parametrization/width/index`` (seed 0, as first
+    stored), ``.../index/seed<k>`` for seed k > 0."""
+    return f"{name}/{parametrization}/{width}/{index}" + (f"/seed{seed}" if seed else "")
+
+
+def seed_means(done: dict[str, float]) -> tuple[dict[tuple, float], dict[tuple, int]]:
+    """Per cell, the mean loss over the seeds 0..k-1 its row (optimizer, parametrization) has
+    for every cell (a diverged run counts as infinite), and that k per row."""
+    losses, seeds = {}, {}
+    for name, (_, rates) in GRIDS.items():
+        for parametrization in PARAMETRIZATIONS:
+            cells = [(w, i) for w in WIDTHS for i in range(len(rates))]
+            k = 0
+            while all(cell_key(name, parametrization, w, i, k) in done for w, i in cells):
+                k += 1
+            seeds[name, parametrization] = k
+            for w, i in cells:
+                values = [done[cell_key(name, parametrization, w, i, s)] for s in range(k)]
+                losses[name, parametrization, w, i] = sum(values) / k if k else math.nan
+    return losses, seeds
+
+
+def run(args, name: str, key: str, rate: float, parametrization: str, width: int, index: int, seed: int) -> float:
     cfg = apply_overrides(Config(), {"optim.name": name, key: rate, "model.n_embd": width,
                                      "model.parametrization": parametrization, "model.base_width": 64,
-                                     "train.steps": args.steps, "train.sample_chars": 0})  # fmt: skip
-    out = args.runs / name / parametrization / f"w{width}" / f"lr{index}"
+                                     "train.steps": args.steps, "train.sample_chars": 0,
+                                     "data.path": args.data, "train.seed": seed})  # fmt: skip
+    out = args.runs / name / parametrization / f"w{width}" / (f"lr{index}" + (f"-seed{seed}" if seed else ""))
     rows = read_table(out / METRICS)
     if not (rows and rows[-1]["step"] == args.steps):
-        print(f"{name} {parametrization} width {width} {key}={rate:.3g}", flush=True)
+        print(f"{name} {parametrization} width {width} {key}={rate:.3g} seed {seed}", flush=True)
         try:
             train(cfg, out, resume=(out / CHECKPOINT).exists(), progress=False)
         except Diverged:
@@ -93,22 +138,24 @@ def best_index(losses: dict, name: str, parametrization: str, width: int) -> int
     return min(range(len(rates)), key=lambda i: losses[name, parametrization, width, i])
 
 
-def report(losses: dict, args) -> str:
+def report(losses: dict, seeds: dict, args) -> str:
     lines = ["# Learning-rate transfer across widths", "",
-             f"The default model (2 blocks, quantum head), widths {', '.join(map(str, WIDTHS))}, {args.steps} steps, "
-             "seed 0, final val loss (nats/char). Rates are factors of 2 around the shipped default; mup has "
+             f"The default model (2 blocks, quantum head) on `{args.data}`, "
+             f"widths {', '.join(map(str, WIDTHS))}, {args.steps} steps, "
+             "final val loss (nats/char), the mean over each row's seeds (train.seed 0, 1, ...). "
+             "Rates are factors of 2 around the shipped default; mup has "
              "base_width 64, so it equals standard at width 64. Shift: how many grid steps the best rate moves "
              "from the smallest to the largest width (muP's claim: at most one).", "",
              footer(("torch",)), ""]  # fmt: skip
-    lines += ["| optimizer | parametrization | best rate per width | shift (grid steps) | transfers |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| optimizer | parametrization | seeds | best rate per width | shift (grid steps) | transfers |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for name, (key, rates) in GRIDS.items():
         for parametrization in PARAMETRIZATIONS:
             best = [best_index(losses, name, parametrization, w) for w in WIDTHS]
             shift = max(best) - min(best)
             per_width = ", ".join(f"{w}: {rates[b]:.3g}" for w, b in zip(WIDTHS, best, strict=True))
-            lines.append(f"| {name} ({key}) | {parametrization} | {per_width} | {shift} | "
-                         f"{'yes' if shift <= 1 else 'no'} |")  # fmt: skip
+            lines.append(f"| {name} ({key}) | {parametrization} | {seeds[name, parametrization]} | {per_width} "
+                         f"| {shift} | {'yes' if shift <= 1 else 'no'} |")  # fmt: skip
     for name, (key, rates) in GRIDS.items():
         lines += ["", f"## {name}: final val loss by {key} and width", "",
                   "| parametrization | width | " + " | ".join(f"{r:.3g}" for r in rates) + " |",
