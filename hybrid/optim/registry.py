@@ -292,9 +292,11 @@ def mup_width(model: nn.Module, cfg: OptimConfig) -> float | None:
       eigenvalues of ``G (x) A`` are of order ``|g|^2 |x|^2`` per token. In a hidden layer under
       this muP, ``|x|^2`` grows as the width (entries of order 1) and ``|g|^2`` falls as 1 / width,
       so those eigenvalues keep their size and the damping (in units of one loss term's Fisher)
-      its ratio to them; a readout reads ``x`` after its 1 / width_mult multiplier (``|x|^2`` as
-      1 / width) into outputs whose gradients keep their size, so its eigenvalues fall as
-      1 / width_mult and its damping follows. The Cholesky block's ``pi``-split damping keeps the
+      its ratio to them; ``lm_head`` reads ``x`` after its 1 / width_mult multiplier (``|x|^2`` as
+      1 / width) into logits whose gradients keep their size, so its eigenvalues fall as
+      1 / width_mult and its damping follows (``to_angles``, whose input carries the same
+      multiplier, takes the same rule; it is left to AdamW unless ``kfac.to_angles``, and not
+      measured). The Cholesky block's ``pi``-split damping keeps the
       same ratios. The mean eigenvalue ``tr(G)/d_out * tr(A)/d_in`` falls as 1 / width_mult**2 in
       every layer (measured, widths 32 to 512), but only through the directions the gradient has
       no part in: damping rescaled by it spreads the attention outputs 34x over those widths in
