@@ -50,10 +50,11 @@ def kfac_part(model: nn.Module, cfg: OptimConfig, width_mult: float | None = Non
     gradient vanishes, the Fisher shrinks and the next steps grow (in tuning runs of the
     default model, training stalled at the unigram loss). Under muP (a ``HybridGPT``) the
     readouts' damping is damping / width_mult, the rest stays put (``mup_width`` says why)."""
-    exclude = [] if cfg.kfac.to_angles else _angle_layers(model)
+    angles = _angle_layers(model)
+    exclude = [] if cfg.kfac.to_angles else angles
     scales = {}
     if width_mult is not None:
-        readouts = [*_angle_layers(model), *(["lm_head"] if isinstance(model.lm_head, nn.Linear) else [])]
+        readouts = [*angles, *(["lm_head"] if isinstance(model.lm_head, nn.Linear) else [])]
         scales = {name: 1 / width_mult for name in readouts}
     pc = KFACPreconditioner(model, cfg.kfac, exclude=exclude, damping_scales=scales)
     return preconditioned_sgd("kfac", pc, cfg.kfac.lr, momentum=cfg.kfac.momentum)
