@@ -12,6 +12,13 @@ the shipped defaults as the first trial, finals on fresh seeds compared with tun
       best.md                  tuning, selection, finals against tuned AdamW, search spaces and bracket check
       history-<study>.png, importance-<study>.png, best-so-far.png
 
+The storage holds the tuning trials and, in the study ``finished-runs``, the metrics rows of
+every finished selection and final run under its config's fingerprint, so a rerun from the
+committed journal alone continues where the last one stopped. Runs are reproducible bitwise
+only on the same CPU (float32 kernels round differently on another one: the same seed on an
+AMD EPYC and on an Intel Xeon parts by step 100), so a continued study mixes machines' rounding
+noise but never re-draws a finished run; its seconds columns are only comparable within one machine.
+
 Each study searches ``search_space(cfg.optim)`` with an explicitly configured sampler
 (``sampler_for``: scrambled Sobol points or multivariate TPE) and prunes with a median rule on
 the validation loss of every evaluation; no shortened run decides a winner, since only
@@ -25,6 +32,8 @@ marked FAIL and enqueued again with the same params.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import re
@@ -50,6 +59,7 @@ from hybrid.tables import read_table
 from hybrid.train import CHECKPOINT, METRICS, TOKENIZER, Diverged, train
 
 STORAGE, TABLE, BEST_SO_FAR = "study.sqlite3", "best.md", "best-so-far.png"
+RECORDS = "finished-runs"  # the study whose user attrs hold every finished selection and final run's rows
 HEARTBEAT_S, GRACE_S, POLL_S = 30.0, 600.0, 2.0  # a RUNNING trial silent for GRACE_S belongs to a dead worker
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -190,7 +200,9 @@ def tune(
     finally:
         bar.close()
     by_optimizer = {name: [plan[name, s] for s in range(studies)] for name in configs}
-    rows = [_final(group, configs[name], seeds, max(studies, select_seeds), out, progress, tokenizer)
+    records = optuna.create_study(storage=db, study_name=RECORDS, load_if_exists=True,
+                                  sampler=optuna.samplers.RandomSampler(seed=0))  # holds user attrs only, no trials
+    rows = [_final(group, configs[name], seeds, max(studies, select_seeds), out, progress, tokenizer, records)
             for name, group in by_optimizer.items()]
     write_report(rows, by_optimizer, configs, spaces, out, trials)
     return rows
@@ -426,31 +438,31 @@ def _best(studies: list[optuna.Study]) -> tuple[optuna.Study, optuna.trial.Froze
 
 
 def _final(studies: list[optuna.Study], cfg: Config, seeds: int, select_seeds: int, out: Path, progress: bool,
-           tokenizer: Path | None) -> dict:  # fmt: skip
+           tokenizer: Path | None, records: optuna.Study) -> dict:  # fmt: skip
     """Select the best config on ``select_seeds`` seeds (``_select``), write ``best-<name>.toml``,
-    train it and the defaults on the fresh seeds (finished runs are kept)."""
+    train it and the defaults on the fresh seeds (finished runs are kept, in ``records`` too)."""
     name = cfg.optim.name
     row = {"optimizer": name, "trial": None, "params": {}, "finals": [], "defaults": [], "selection": [],
            "studies": [_study_summary(st) for st in studies]}  # fmt: skip
     if _best(studies) is None:
         return row  # every trial was pruned or failed: nothing to re-run
-    row["selection"] = _select(studies, cfg, select_seeds, out / "select" / name, progress, tokenizer)
+    row["selection"] = _select(studies, cfg, select_seeds, out / "select" / name, progress, tokenizer, records)
     chosen = min(row["selection"], key=lambda c: c["score"])  # the defaults come first: a tie keeps them
     best_cfg = apply_overrides(cfg, chosen["params"])
     save_config(best_cfg, out / f"best-{name}.toml")
     fresh = [cfg.train.seed + FRESH_SEED + k for k in range(seeds)]
     finals = out / "final" / name  # one folder per candidate: a changed selection never reuses another's runs
     row.update(trial=chosen["label"], params=chosen["params"],
-               finals=_train_seeds(best_cfg, finals / _folder(chosen["label"]), fresh, progress, tokenizer))
+               finals=_train_seeds(best_cfg, finals / _folder(chosen["label"]), fresh, progress, tokenizer, records))
     if chosen["defaults"]:
         row["defaults"] = row["finals"]  # the defaults won: the same runs
     else:
-        row["defaults"] = _train_seeds(cfg, finals / "defaults", fresh, progress, tokenizer)
+        row["defaults"] = _train_seeds(cfg, finals / "defaults", fresh, progress, tokenizer, records)
     return row
 
 
 def _select(studies: list[optuna.Study], cfg: Config, n_seeds: int, folder: Path, progress: bool,
-            tokenizer: Path | None) -> list[dict]:  # fmt: skip
+            tokenizer: Path | None, records: optuna.Study) -> list[dict]:  # fmt: skip
     """The candidates for the finals, each scored on ``n_seeds`` selection seeds.
 
     The candidates are the shipped defaults (trial 0 of the first study) and each study's best
@@ -485,7 +497,7 @@ def _select(studies: list[optuna.Study], cfg: Config, n_seeds: int, folder: Path
                 continue
             run_cfg = apply_overrides(cfg, entry["params"])
             (run,) = _train_seeds(run_cfg, folder / _folder(entry["label"]), [cfg.train.seed + s],
-                                  progress, tokenizer)  # fmt: skip
+                                  progress, tokenizer, records)  # fmt: skip
             losses.append(run[-1]["val_loss"])
         entry.update(losses=losses, mean=statistics.fmean(losses), score=upper_mean(losses))
         del entry["known"]
@@ -497,23 +509,43 @@ def _folder(label: str) -> str:
     return label.replace("#", "-")
 
 
-def _train_seeds(cfg: Config, folder: Path, seeds: list[int], progress: bool, tokenizer: Path | None
-                 ) -> list[list[dict]]:  # fmt: skip
-    """Train ``cfg`` once per seed under ``folder/seed<k>``; the metrics rows of each run."""
+def _train_seeds(cfg: Config, folder: Path, seeds: list[int], progress: bool, tokenizer: Path | None,
+                 records: optuna.Study) -> list[list[dict]]:  # fmt: skip
+    """Train ``cfg`` once per seed under ``folder/seed<k>``; the metrics rows of each run.
+
+    A finished run's rows are stored in ``records`` under its config's fingerprint and read from
+    there first: the study storage (a committed journal) carries the selection and the finals
+    too, so a rerun from a clean clone, without the run folders, continues instead of retraining.
+    """
     runs = []
     for seed in seeds:
+        run_cfg = apply_overrides(cfg, {"train.seed": seed})
+        key = fingerprint(run_cfg)
+        if (rows := records.user_attrs.get(key)) is not None:
+            runs.append(rows)
+            continue
         run = folder / f"seed{seed}"
         rows = read_table(run / METRICS)
         if not (rows and rows[-1]["step"] == cfg.train.steps):
             try:
-                _train_waiting(apply_overrides(cfg, {"train.seed": seed}), run, progress, tokenizer)
+                _train_waiting(run_cfg, run, progress, tokenizer)
             except Diverged as error:
                 print(f"{folder.name} seed {seed} diverged: {error}")
             rows = read_table(run / METRICS)
         if not rows or not math.isfinite(rows[-1]["val_loss"]) or rows[-1]["step"] != cfg.train.steps:
             rows = [*rows, {"step": cfg.train.steps, "val_loss": math.inf, "seconds": math.inf}]  # diverged: worst
+        rows = [{k: v for k, v in row.items() if k in RECORDED} for row in rows]
+        records.set_user_attr(key, rows)
         runs.append(rows)
     return runs
+
+
+RECORDED = ("step", "train_loss", "val_loss", "seconds")  # the metrics columns a record keeps
+
+
+def fingerprint(cfg: Config) -> str:
+    """sha256 of the resolved config (seed included): the identity of a finished run's result."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _study_summary(study: optuna.Study) -> dict:

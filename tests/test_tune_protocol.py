@@ -74,6 +74,24 @@ def test_the_finals_take_the_candidate_with_the_lowest_mean_plus_se_over_the_sel
     assert "## Selection on the selection seeds" in (tmp_path / "best.md").read_text()
 
 
+def test_a_rerun_without_the_run_folders_reads_the_selection_and_finals_from_the_storage(tmp_path, monkeypatch):
+    base = apply_overrides(Config(), {**TINY, "train.steps": 10})
+    storage = f"journal:{tmp_path / 'study.log'}"  # the committed kind: a clean clone has the journal only
+    first = tune(base, ["adamw"], trials=2, seeds=2, out=tmp_path / "a", storage=storage, progress=False,
+                 studies=1, select_seeds=2)  # fmt: skip
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr("hybrid.tune.train", no_training)
+    again = tune(base, ["adamw"], trials=2, seeds=2, out=tmp_path / "b", storage=storage, progress=False,
+                 studies=1, select_seeds=2)  # fmt: skip
+    for key in ("trial", "params", "selection", "finals", "defaults"):
+        assert again[0][key] == first[0][key]
+    assert (tmp_path / "b" / "best.md").read_text().split("## Selection")[1] == \
+        (tmp_path / "a" / "best.md").read_text().split("## Selection")[1]  # fmt: skip
+
+
 def test_a_config_that_fails_on_some_seeds_loses_the_selection_to_a_steady_one():
     steady, bimodal = [0.60, 0.61, 0.60, 0.61, 0.60], [0.55, 0.55, 0.55, 0.70, 0.56]
     assert statistics.fmean(bimodal) < statistics.fmean(steady)  # the lower mean ...
