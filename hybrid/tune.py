@@ -181,8 +181,10 @@ def tune(
     db = open_storage(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=base.train.eval_every)
-    plan = {(name, s): _load_study(db, study_name(name, s), _tuning_config(cfg, s), pruner, sampler, s, spaces[name])
+    plan = {(name, s): _load_study(db, study_name(name, s), _tuning_config(cfg, s), pruner, sampler, s, spaces[name],
+                                   trials)
             for name, cfg in configs.items() for s in range(studies)}  # fmt: skip
+    spaces = {name: searched_space(name, [plan[name, s] for s in range(studies)], spaces[name]) for name in configs}
     tokenizer = prepare_tokenizer(base.data, out / TOKENIZER)  # a BPE is trained once: every run of the study uses it
     finished = sum(_count(st, (TrialState.COMPLETE, TrialState.PRUNED)) for st in plan.values())
     bar = tqdm(total=trials * len(plan), initial=finished, desc="tune", unit="trial", disable=not progress)
@@ -285,9 +287,11 @@ def _sampler_seed(cfg: Config, index: int) -> int:
     return (cfg.train.seed * 7919 + index) % 2**32  # distinct per study; QMCSampler takes 32-bit seeds
 
 
-def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int, space: dict) -> optuna.Study:
-    """The study ``name``, created on first use; one made from another base config, sampler or
-    search space is refused."""
+def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int, space: dict,
+                trials: int) -> optuna.Study:  # fmt: skip
+    """The study ``name``, created on first use; one made from another base config or sampler is
+    refused, and so is one that searched another space and still has ``trials`` to draw (a finished
+    one stands as it was searched: ``searched_space``)."""
     seed = _sampler_seed(cfg, index)
     study = optuna.create_study(storage=db, study_name=name, sampler=sampler_for(sampler, seed), pruner=pruner,
                                 load_if_exists=True)  # fmt: skip
@@ -301,13 +305,30 @@ def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int, sp
         changed = [f"{s}.{k}" for s in base for k in base[s] if then.get(s, {}).get(k) != base[s][k]]
         raise InputError(f"study {name!r} in this storage was made from another config ({', '.join(changed)}); "
                          "rerun with the same --config/--set/--steps or use another --out/--storage")  # fmt: skip
-    elif (then := saved.get("search_space")) is not None and then != {k: list(v) for k, v in space.items()}:
+    elif ((then := saved.get("search_space")) is not None and then != {k: list(v) for k, v in space.items()}
+          and _count(study, (TrialState.COMPLETE, TrialState.PRUNED)) < trials):  # fmt: skip
         raise InputError(f"study {name!r} in this storage searched another space ({', '.join(then)}); "
                          "rerun with the same --keys and version, or use another --out/--storage")  # fmt: skip
     elif saved.get("sampler", attrs["sampler"])["kind"] != sampler:
         raise InputError(f"study {name!r} in this storage samples with {saved['sampler']['kind']}; "
                          f"rerun with --sampler {saved['sampler']['kind']} or use another --out/--storage")  # fmt: skip
     return study
+
+
+def searched_space(optimizer: str, studies: list[optuna.Study], space: dict) -> dict[str, tuple[float, float, bool]]:
+    """The space ``optimizer``'s studies searched (stored with each study, ``space`` where none is; a
+    finished study keeps the space it was drawn from after a release widens the row's), the same
+    for all of them.
+
+    Raises:
+        InputError: the studies searched different spaces (some finished before a widening).
+    """
+    spaces = [st.user_attrs.get("search_space", {k: list(v) for k, v in space.items()}) for st in studies]
+    if any(other != spaces[0] for other in spaces[1:]):
+        raise InputError(f"the studies of {optimizer} in this storage searched different spaces (a range was "
+                         "widened after some finished); delete them from the storage to tune it again, or use "
+                         "another --out/--storage")  # fmt: skip
+    return {key: (low, high, bool(log)) for key, (low, high, log) in spaces[0].items()}
 
 
 def _read_back(saved: dict) -> dict:
@@ -725,21 +746,31 @@ def _interval(bounds: tuple[float, float]) -> str:
 
 def bracket_flags(params: dict[str, float], space: dict[str, tuple[float, float, bool]]) -> dict[str, str]:
     """``{key: "low edge" | "high edge"}`` for each key whose best value lies in the outer tenth
-    of its range (in log space for log-scaled keys): the optimum may lie outside the space."""
+    of its range (in log space for log-scaled keys): the optimum may lie outside the space.
+
+    A linear key whose range starts at 0 (a momentum) has nothing below it to search: its low
+    edge is the key's floor, not the space's, and is not flagged (``at_floor``)."""
     flags = {}
     for key, value in params.items():
         low, high, log = space[key]
         position = bracket_position(value, low, high, log)
-        if position < 0.1 or position > 0.9:
+        if position > 0.9 or (position < 0.1 and not at_floor(value, space[key])):
             flags[key] = "low edge" if position < 0.1 else "high edge"
     return flags
+
+
+def at_floor(value: float, bounds: tuple[float, float, bool]) -> bool:
+    """``value`` lies in the low tenth of a linear range that starts at 0, the key's own floor."""
+    low, high, log = bounds
+    return not log and low == 0.0 and bracket_position(value, low, high, log) < 0.1
 
 
 def _space_table(rows: list[dict], configs: dict[str, Config], spaces: dict[str, dict]) -> list[str]:
     lines = ["## Search spaces and bracket check",
              "",
              "A best value in the outer tenth of its range (log space for log keys) is flagged: widen that range "
-             "(the row's space in hybrid/optim/registry.py) and tune again before claiming anything from the row.",
+             "(the row's space in hybrid/optim/registry.py) and tune again before claiming anything from the row. "
+             "A momentum near 0, the floor of its range and of the key itself, is not flagged: nothing lies below.",
              "",
              "| optimizer | key | range | scale | default | best | position | bracket |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -751,7 +782,8 @@ def _space_table(rows: list[dict], configs: dict[str, Config], spaces: dict[str,
         for key, (low, high, log) in space.items():
             best = r["params"].get(key)
             position = f"{bracket_position(best, low, high, log):.2f}" if best is not None else "-"
-            verdict = "-" if best is None else (f"**{flags[key]}: widen**" if key in flags else "ok")
+            verdict = ("-" if best is None else f"**{flags[key]}: widen**" if key in flags
+                       else "ok (at its floor, 0)" if at_floor(best, (low, high, log)) else "ok")  # fmt: skip
             lines.append(f"| {r['optimizer']} | {key} | {low:g} to {high:g} | {'log' if log else 'linear'} "
                          f"| {defaults[key]:.3g} | {f'{best:.3g}' if best is not None else '-'} | {position} "
                          f"| {verdict} |")  # fmt: skip

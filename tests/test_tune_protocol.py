@@ -18,9 +18,10 @@ from optuna.trial import TrialState
 from hybrid.cli import main
 from hybrid.comparison import bootstrap_ratio, bracket_position, mean_final, time_to_target, upper_mean
 from hybrid.config import Config, apply_overrides, load_config
+from hybrid.errors import InputError
 from hybrid.optim.registry import PRESETS, search_space
 from hybrid.tables import read_table
-from hybrid.tune import FRESH_SEED, bracket_flags, defaults_of, sobol_point, tune
+from hybrid.tune import FRESH_SEED, bracket_flags, defaults_of, searched_space, sobol_point, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model.n_embd": 16, "model.n_head": 2, "model.n_layer": 1, "model.block_size": 8, "train.batch_size": 4,
@@ -134,6 +135,25 @@ def test_the_bracket_check_flags_an_optimum_at_the_edge(tmp_path, monkeypatch):
     assert bracket_flags({"optim.lr": math.sqrt(2) * 1e-5}, space) == {}  # the middle, in log space
 
 
+def test_an_optimizers_studies_stand_in_the_one_space_they_searched():
+    studies = [optuna.create_study(study_name=str(k)) for k in range(3)]
+    now = {"optim.lr": (1e-3, 1e-1, True)}
+    assert searched_space("adamw", studies, now) == now  # none stored: the space of this version
+    for study in studies:
+        study.set_user_attr("search_space", {"optim.lr": [1e-3, 3e-2, True]})
+    assert searched_space("adamw", studies, now) == {"optim.lr": (1e-3, 3e-2, True)}  # finished before a widening
+    studies[2].set_user_attr("search_space", {"optim.lr": [1e-3, 1e-1, True]})
+    with pytest.raises(InputError, match="the studies of adamw in this storage searched different spaces"):
+        searched_space("adamw", studies, now)
+
+
+def test_a_momentum_at_zero_is_at_its_floor_not_at_an_edge_to_widen():
+    space = {"optim.kfac.momentum": (0.0, 0.95, False), "optim.beta2": (0.9, 0.999, False)}
+    assert bracket_flags({"optim.kfac.momentum": 0.0, "optim.beta2": 0.9}, space) == {"optim.beta2": "low edge"}
+    assert bracket_flags({"optim.kfac.momentum": 0.94}, space) == {"optim.kfac.momentum": "high edge"}
+    assert bracket_flags({"optim.kfac.momentum": 0.5}, space) == {}
+
+
 def worker(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "hybrid.cli", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE)
@@ -230,7 +250,11 @@ def test_keys_search_only_those_and_leave_the_rest_at_the_base_config(tmp_path, 
     args = ["tune", "--out", str(tmp_path), "--optimizers", "muon_qng", "--trials", "2", "--seeds", "1",
             "--select-seeds", "1", "--steps", "10", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
             "--set", "optim.muon.lr=0.02", "--quiet"]  # fmt: skip
-    assert main([*args, "--keys", "optim.qng.lr"]) == 2  # the stored study searched another space
+    assert main([*args, "--keys", "optim.qng.lr"]) == 0  # finished: it stands as it was searched
+    assert "| muon_qng | optim.qng.damping |" in (tmp_path / "best.md").read_text()
+    capsys.readouterr()
+    more = [*args[:6], "3", *args[7:]]  # --trials 3: the study would draw again, from another space
+    assert more[5:7] == ["--trials", "3"] and main([*more, "--keys", "optim.qng.lr"]) == 2
     assert main([*args, "--keys", "optim.kfac.lr"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "searched another space" in err[0] and "rerun with the same --keys" in err[0]
