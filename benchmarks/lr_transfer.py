@@ -1,7 +1,8 @@
 """Learning-rate transfer across widths: does the best rate move with n_embd, under each parametrization?
 
     python benchmarks/lr_transfer.py --steps 500
-    python benchmarks/lr_transfer.py --steps 500 --data shakespeare   # real text: lr_transfer-shakespeare.md
+    python benchmarks/lr_transfer.py --steps 500 --data shakespeare --optimizers adamw,muon,eigen_adam
+                                                   # real text: lr_transfer-shakespeare.md
 
 For adamw, muon, eigen_adam and kfac (each row's muP rule: ``hybrid.optim.registry.mup_width``),
 trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
@@ -56,14 +57,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default benchmarks/results/lr_transfer[-<data>].md")
     parser.add_argument("--seeds", type=int, default=1, help="seeds (train.seed 0, 1, ...) of the --rows; "
                         "a row's loss is the mean over the seeds it has for every cell")  # fmt: skip
+    parser.add_argument("--optimizers", default=",".join(GRIDS), help="comma-separated, among "
+                        f"{', '.join(GRIDS)} (default: all): the rows swept and reported")  # fmt: skip
     parser.add_argument("--rows", default="", help="comma-separated optimizer/parametrization rows that get "
                         "--seeds, e.g. muon/mup (default: all); the others keep the seeds they have")  # fmt: skip
     args = parser.parse_args()
-    rows = [f"{n}/{p}" for n in GRIDS for p in PARAMETRIZATIONS]
+    names = args.optimizers.split(",")
+    rows = [f"{n}/{p}" for n in names for p in PARAMETRIZATIONS]
     chosen = args.rows.split(",") if args.rows else rows
-    if args.seeds < 1 or not set(chosen) <= set(rows):
-        parser.exit(2, f"error: --seeds must be >= 1 and --rows among {', '.join(rows)}; got {args.seeds}, "
-                       f"{args.rows}\n")  # fmt: skip
+    if args.seeds < 1 or not set(names) <= set(GRIDS) or not set(chosen) <= set(rows):
+        parser.exit(2, f"error: --seeds must be >= 1, --optimizers among {', '.join(GRIDS)} and --rows among "
+                       f"{', '.join(rows)}; got {args.seeds}, {args.optimizers}, {args.rows}\n")  # fmt: skip
     try:
         validate(apply_overrides(Config(), {"data.path": args.data}))  # a bad --data ends here, before any run
     except InputError as error:
@@ -76,7 +80,8 @@ def main() -> None:
     done = json.loads(store.read_text()) if store.exists() else {}  # cell_key(...) -> loss
     for seed in range(args.seeds):  # seeds outermost: a partial run has whole seeds of the small widths
         for width in WIDTHS:  # then widths: a partial seed has every rate of the small widths
-            for name, (key, rates) in GRIDS.items():
+            for name in names:
+                key, rates = GRIDS[name]
                 for parametrization in PARAMETRIZATIONS:
                     if seed > 0 and f"{name}/{parametrization}" not in chosen:
                         continue
@@ -85,10 +90,10 @@ def main() -> None:
                         if cell not in done:
                             done[cell] = run(args, name, key, rate, parametrization, width, i, seed)
                             atomic_write(store, lambda f: f.write(json.dumps(done, indent=0, sort_keys=True).encode()))
-    losses, seeds = seed_means(done)
-    text = report(losses, seeds, args)
+    losses, seeds = seed_means(done, names)
+    text = report(losses, seeds, args, names)
     args.out.write_text(text)
-    plot(losses).savefig(args.out.with_suffix(".png"), dpi=120)
+    plot(losses, names).savefig(args.out.with_suffix(".png"), dpi=120)
     print(text)
 
 
@@ -98,11 +103,13 @@ def cell_key(name: str, parametrization: str, width: int, index: int, seed: int)
     return f"{name}/{parametrization}/{width}/{index}" + (f"/seed{seed}" if seed else "")
 
 
-def seed_means(done: dict[str, float]) -> tuple[dict[tuple, float], dict[tuple, int]]:
-    """Per cell, the mean loss over the seeds 0..k-1 its row (optimizer, parametrization) has
-    for every cell (a diverged run counts as infinite), and that k per row."""
+def seed_means(done: dict[str, float], names: list[str]) -> tuple[dict[tuple, float], dict[tuple, int]]:
+    """Per cell of the optimizers ``names``, the mean loss over the seeds 0..k-1 its row
+    (optimizer, parametrization) has for every cell (a diverged run counts as infinite), and that
+    k per row."""
     losses, seeds = {}, {}
-    for name, (_, rates) in GRIDS.items():
+    for name in names:
+        rates = GRIDS[name][1]
         for parametrization in PARAMETRIZATIONS:
             cells = [(w, i) for w in WIDTHS for i in range(len(rates))]
             k = 0
@@ -138,7 +145,7 @@ def best_index(losses: dict, name: str, parametrization: str, width: int) -> int
     return min(range(len(rates)), key=lambda i: losses[name, parametrization, width, i])
 
 
-def report(losses: dict, seeds: dict, args) -> str:
+def report(losses: dict, seeds: dict, args, names: list[str]) -> str:
     lines = ["# Learning-rate transfer across widths", "",
              f"The default model (2 blocks, quantum head) on `{args.data}`, "
              f"widths {', '.join(map(str, WIDTHS))}, {args.steps} steps, "
@@ -149,14 +156,16 @@ def report(losses: dict, seeds: dict, args) -> str:
              footer(("torch",)), ""]  # fmt: skip
     lines += ["| optimizer | parametrization | seeds | best rate per width | shift (grid steps) | transfers |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name, (key, rates) in GRIDS.items():
+    for name in names:
+        key, rates = GRIDS[name]
         for parametrization in PARAMETRIZATIONS:
             best = [best_index(losses, name, parametrization, w) for w in WIDTHS]
             shift = max(best) - min(best)
             per_width = ", ".join(f"{w}: {rates[b]:.3g}" for w, b in zip(WIDTHS, best, strict=True))
             lines.append(f"| {name} ({key}) | {parametrization} | {seeds[name, parametrization]} | {per_width} "
                          f"| {shift} | {'yes' if shift <= 1 else 'no'} |")  # fmt: skip
-    for name, (key, rates) in GRIDS.items():
+    for name in names:
+        key, rates = GRIDS[name]
         lines += ["", f"## {name}: final val loss by {key} and width", "",
                   "| parametrization | width | " + " | ".join(f"{r:.3g}" for r in rates) + " |",
                   "|---|---|" + "---|" * len(rates)]  # fmt: skip
@@ -164,13 +173,14 @@ def report(losses: dict, seeds: dict, args) -> str:
             for w in WIDTHS:
                 cells = [losses[name, parametrization, w, i] for i in range(len(rates))]
                 lines.append(f"| {parametrization} | {w} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
-    return "\n".join([*lines, "", "![loss against rate](lr_transfer.png)", ""])
+    return "\n".join([*lines, "", f"![loss against rate]({args.out.with_suffix('.png').name})", ""])
 
 
-def plot(losses: dict) -> Figure:
-    fig = Figure(figsize=(10, 3.5 * len(GRIDS)))
-    axes = fig.subplots(len(GRIDS), len(PARAMETRIZATIONS), squeeze=False)
-    for row, (name, (key, rates)) in enumerate(GRIDS.items()):
+def plot(losses: dict, names: list[str]) -> Figure:
+    fig = Figure(figsize=(10, 3.5 * len(names)))
+    axes = fig.subplots(len(names), len(PARAMETRIZATIONS), squeeze=False)
+    for row, name in enumerate(names):
+        key, rates = GRIDS[name]
         for col, parametrization in enumerate(PARAMETRIZATIONS):
             ax = axes[row][col]
             for w in WIDTHS:
