@@ -305,7 +305,7 @@ def _load_study(db, name: str, cfg: Config, pruner, sampler: str, index: int, sp
         changed = [f"{s}.{k}" for s in base for k in base[s] if then.get(s, {}).get(k) != base[s][k]]
         raise InputError(f"study {name!r} in this storage was made from another config ({', '.join(changed)}); "
                          "rerun with the same --config/--set/--steps or use another --out/--storage")  # fmt: skip
-    elif ((then := saved.get("search_space")) is not None and then != {k: list(v) for k, v in space.items()}
+    elif ((then := saved.get("search_space")) is not None and then != _stored(space)
           and _count(study, (TrialState.COMPLETE, TrialState.PRUNED)) < trials):  # fmt: skip
         raise InputError(f"study {name!r} in this storage searched another space ({', '.join(then)}); "
                          "rerun with the same --keys and version, or use another --out/--storage")  # fmt: skip
@@ -323,12 +323,17 @@ def searched_space(optimizer: str, studies: list[optuna.Study], space: dict) -> 
     Raises:
         InputError: the studies searched different spaces (some finished before a widening).
     """
-    spaces = [st.user_attrs.get("search_space", {k: list(v) for k, v in space.items()}) for st in studies]
+    spaces = [st.user_attrs.get("search_space", _stored(space)) for st in studies]
     if any(other != spaces[0] for other in spaces[1:]):
         raise InputError(f"the studies of {optimizer} in this storage searched different spaces (a range was "
                          "widened after some finished); delete them from the storage to tune it again, or use "
                          "another --out/--storage")  # fmt: skip
     return {key: (low, high, bool(log)) for key, (low, high, log) in spaces[0].items()}
+
+
+def _stored(space: dict) -> dict[str, list]:
+    """``space`` as the storage gives it back: JSON turns each ``(low, high, log)`` into a list."""
+    return {key: list(bounds) for key, bounds in space.items()}
 
 
 def _read_back(saved: dict) -> dict:
@@ -749,20 +754,20 @@ def bracket_flags(params: dict[str, float], space: dict[str, tuple[float, float,
     of its range (in log space for log-scaled keys): the optimum may lie outside the space.
 
     A linear key whose range starts at 0 (a momentum) has nothing below it to search: its low
-    edge is the key's floor, not the space's, and is not flagged (``at_floor``)."""
+    edge is the key's floor, not the space's, and is not flagged (``starts_at_floor``)."""
     flags = {}
     for key, value in params.items():
         low, high, log = space[key]
         position = bracket_position(value, low, high, log)
-        if position > 0.9 or (position < 0.1 and not at_floor(value, space[key])):
+        if position > 0.9 or (position < 0.1 and not starts_at_floor(space[key])):
             flags[key] = "low edge" if position < 0.1 else "high edge"
     return flags
 
 
-def at_floor(value: float, bounds: tuple[float, float, bool]) -> bool:
-    """``value`` lies in the low tenth of a linear range that starts at 0, the key's own floor."""
-    low, high, log = bounds
-    return not log and low == 0.0 and bracket_position(value, low, high, log) < 0.1
+def starts_at_floor(bounds: tuple[float, float, bool]) -> bool:
+    """The range ``(low, high, log)`` is linear and starts at 0, the key's own floor."""
+    low, _, log = bounds
+    return not log and low == 0.0
 
 
 def _space_table(rows: list[dict], configs: dict[str, Config], spaces: dict[str, dict]) -> list[str]:
@@ -781,11 +786,12 @@ def _space_table(rows: list[dict], configs: dict[str, Config], spaces: dict[str,
         flags = bracket_flags(r["params"], space)
         for key, (low, high, log) in space.items():
             best = r["params"].get(key)
-            position = f"{bracket_position(best, low, high, log):.2f}" if best is not None else "-"
+            position = bracket_position(best, low, high, log) if best is not None else None
             verdict = ("-" if best is None else f"**{flags[key]}: widen**" if key in flags
-                       else "ok (at its floor, 0)" if at_floor(best, (low, high, log)) else "ok")  # fmt: skip
+                       else "ok (at its floor, 0)" if position < 0.1 else "ok")  # fmt: skip
             lines.append(f"| {r['optimizer']} | {key} | {low:g} to {high:g} | {'log' if log else 'linear'} "
-                         f"| {defaults[key]:.3g} | {f'{best:.3g}' if best is not None else '-'} | {position} "
+                         f"| {defaults[key]:.3g} | {f'{best:.3g}' if best is not None else '-'} "
+                         f"| {f'{position:.2f}' if position is not None else '-'} "
                          f"| {verdict} |")  # fmt: skip
     return lines
 
