@@ -30,8 +30,8 @@ import circuits
 import hybrid
 from hybrid import hf
 from hybrid.corpus import generate
-from hybrid.tokenizer import CharTokenizer
 from hybrid.optim.registry import lr_factor
+from hybrid.tokenizer import CharTokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
