@@ -16,8 +16,8 @@ best rate per width and how many grid steps it moves) and ``lr_transfer.png`` (l
 per width, the two parametrizations side by side). Every finished run's loss is kept in
 ``lr_transfer.json`` beside the table (committed with it), so a rerun continues where it stopped
 and runs only what is missing: delete a cell's key there to measure it again. Workers started with
-disjoint ``--parametrizations`` share that store (each write merges under a lock); the last to
-finish writes the table of every row the store has.
+disjoint ``--parametrizations``, ``--widths`` or ``--optimizers`` share that store (each write
+merges under a lock); the last to finish writes the table of every row the store has.
 """
 
 from __future__ import annotations
@@ -67,18 +67,21 @@ def main() -> None:
     parser.add_argument("--parametrizations", default=",".join(PARAMETRIZATIONS), help="comma-separated, "
                         "the parametrizations this worker runs (default: both); the table reports every row "
                         "the store has")  # fmt: skip
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="comma-separated, the widths "
+                        "this worker runs (default: all)")  # fmt: skip
     parser.add_argument("--rows", default="", help="comma-separated optimizer/parametrization rows that get "
                         "--seeds, e.g. muon/mup (default: all); the others keep the seeds they have")  # fmt: skip
     args = parser.parse_args()
     names = args.optimizers.split(",")
     rows = [f"{n}/{p}" for n in names for p in PARAMETRIZATIONS]
     chosen = args.rows.split(",") if args.rows else rows
-    ours = args.parametrizations.split(",")
+    ours, widths = args.parametrizations.split(","), args.widths.split(",")
     if (args.seeds < 1 or not set(names) <= set(GRIDS) or not set(chosen) <= set(rows)
-            or not set(ours) <= set(PARAMETRIZATIONS)):  # fmt: skip
+            or not set(ours) <= set(PARAMETRIZATIONS) or not set(widths) <= set(map(str, WIDTHS))):  # fmt: skip
         parser.exit(2, f"error: --seeds must be >= 1, --optimizers among {', '.join(GRIDS)}, --rows among "
-                       f"{', '.join(rows)} and --parametrizations among {', '.join(PARAMETRIZATIONS)}; got "
-                       f"{args.seeds}, {args.optimizers}, {args.rows}, {args.parametrizations}\n")  # fmt: skip
+                       f"{', '.join(rows)}, --parametrizations among {', '.join(PARAMETRIZATIONS)} and --widths "
+                       f"among {', '.join(map(str, WIDTHS))}; got {args.seeds}, {args.optimizers}, {args.rows}, "
+                       f"{args.parametrizations}, {args.widths}\n")  # fmt: skip
     try:
         validate(apply_overrides(Config(), {"data.path": args.data}))  # a bad --data ends here, before any run
     except InputError as error:
@@ -90,7 +93,7 @@ def main() -> None:
     store = args.out.with_suffix(".json")
     done = record(store, {})  # cell_key(...) -> loss
     for seed in range(args.seeds):  # seeds outermost: a partial run has whole seeds of the small widths
-        for width in WIDTHS:  # then widths: a partial seed has every rate of the small widths
+        for width in map(int, widths):  # then widths: a partial seed has every rate of the small widths
             for name in names:
                 key, rates = GRIDS[name]
                 for parametrization in ours:
