@@ -10,10 +10,11 @@ For adamw, muon, eigen_adam and kfac (each row's muP rule: ``hybrid.optim.regist
 trains the default model at widths 32, 64, 128 and 256 over a log-spaced grid of the
 row's learning rate (AdamW's ``optim.lr``, Muon's ``optim.muon.lr``, eigen-Adam's
 ``optim.eigen_adam.lr``, K-FAC's ``optim.kfac.lr``), under
-``model.parametrization = standard`` and ``mup`` (base width 64, so both share the width-64
-column), and writes ``benchmarks/results/lr_transfer.md`` (final val loss per rate and width, the
-best rate per width and how many grid steps it moves) and ``lr_transfer.png`` (loss against rate
-per width, the two parametrizations side by side). Every finished run's loss is kept in
+``model.parametrization = standard`` and ``mup`` (``--base-width``, 64 by default: the width the
+shipped defaults were tuned at, so both share the width-64 column), and writes
+``benchmarks/results/lr_transfer.md`` (final val loss per rate and width, the best rate per
+width and how many grid steps it moves) and ``lr_transfer.png`` (loss against rate per width,
+the two parametrizations side by side). Every finished run's loss is kept in
 ``lr_transfer.json`` beside the table (committed with it), so a rerun continues where it stopped
 and runs only what is missing: delete a cell's key there to measure it again. Workers started with
 disjoint ``--parametrizations``, ``--widths`` or ``--optimizers`` share that store (each write
@@ -69,6 +70,8 @@ def main() -> None:
                         "the store has")  # fmt: skip
     parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="comma-separated, the widths "
                         "this worker runs (default: all)")  # fmt: skip
+    parser.add_argument("--base-width", type=int, default=64, help="mup's model.base_width (default 64, the "
+                        "default model's width); another needs its own --out")  # fmt: skip
     parser.add_argument("--rows", default="", help="comma-separated optimizer/parametrization rows that get "
                         "--seeds, e.g. muon/mup (default: all); the others keep the seeds they have")  # fmt: skip
     args = parser.parse_args()
@@ -91,7 +94,12 @@ def main() -> None:
     args.out = args.out or ROOT / "benchmarks" / "results" / f"lr_transfer{'' if markov else '-' + args.data}.md"
     torch.set_num_threads(1)
     store = args.out.with_suffix(".json")
-    done = record(store, {})  # cell_key(...) -> loss
+    done = record(store, {})  # cell_key(...) -> loss; "base_width" -> mup's base width
+    if done.get("base_width", 64) != args.base_width:
+        parser.exit(2, f"error: {store} holds mup runs of base width {done.get('base_width', 64)}; rerun with "
+                       f"--base-width {done.get('base_width', 64)} or give another --out\n")  # fmt: skip
+    if args.base_width != 64:
+        done = record(store, {"base_width": args.base_width})
     for seed in range(args.seeds):  # seeds outermost: a partial run has whole seeds of the small widths
         for width in map(int, widths):  # then widths: a partial seed has every rate of the small widths
             for name in names:
@@ -154,10 +162,11 @@ def seed_means(done: dict[str, float], names: list[str]) -> tuple[dict[tuple, fl
 
 def run(args, name: str, key: str, rate: float, parametrization: str, width: int, index: int, seed: int) -> float:
     cfg = apply_overrides(Config(), {"optim.name": name, key: rate, "model.n_embd": width,
-                                     "model.parametrization": parametrization, "model.base_width": 64,
+                                     "model.parametrization": parametrization, "model.base_width": args.base_width,
                                      "train.steps": args.steps, "train.sample_chars": 0,
                                      "data.path": args.data, "train.seed": seed})  # fmt: skip
-    out = args.runs / name / parametrization / f"w{width}" / (f"lr{index}" + (f"-seed{seed}" if seed else ""))
+    label = parametrization if parametrization == "standard" or args.base_width == 64 else f"mup-base{args.base_width}"
+    out = args.runs / name / label / f"w{width}" / (f"lr{index}" + (f"-seed{seed}" if seed else ""))
     rows = read_table(out / METRICS)
     if not (rows and rows[-1]["step"] == args.steps):
         print(f"{name} {parametrization} width {width} {key}={rate:.3g} seed {seed}", flush=True)
@@ -198,9 +207,9 @@ def report(losses: dict, seeds: dict, errors: dict, args, names: list[str]) -> s
              f"The default model (2 blocks, quantum head) on `{args.data}`, "
              f"widths {', '.join(map(str, WIDTHS))}, {args.steps} steps, "
              "final val loss (nats/char), the mean over each row's seeds (train.seed 0, 1, ...). "
-             "Rates are factors of 2 around the shipped default; mup has "
-             "base_width 64, so it equals standard at width 64. Shift: how many grid steps the best rate moves "
-             "from the smallest to the largest width (muP's claim: at most one). Within noise (rows of 2 "
+             f"Rates are factors of 2 around the shipped default; mup has base_width {args.base_width}, so it "
+             f"equals standard at width {args.base_width}. Shift: how many grid steps the best rate moves from "
+             "the smallest to the largest width (muP's claim: at most one). Within noise (rows of 2 "
              "seeds or more): each width's rates whose mean is within one standard error of its best's "
              "(the errors combined; lowest-highest), and the fewest steps a rate must move when each width "
              "may take any of those.", "",
