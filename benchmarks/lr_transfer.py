@@ -95,9 +95,10 @@ def main() -> None:
     torch.set_num_threads(1)
     store = args.out.with_suffix(".json")
     done = record(store, {})  # cell_key(...) -> loss; "base_width" -> mup's base width
-    if done.get("base_width", 64) != args.base_width:
-        parser.exit(2, f"error: {store} holds mup runs of base width {done.get('base_width', 64)}; rerun with "
-                       f"--base-width {done.get('base_width', 64)} or give another --out\n")  # fmt: skip
+    base = done.get("base_width", 64 if done else args.base_width)  # a store without it predates the option
+    if base != args.base_width:
+        parser.exit(2, f"error: {store} holds mup runs of base width {base}; rerun with --base-width {base} "
+                       "or give another --out\n")  # fmt: skip
     if args.base_width != 64:
         done = record(store, {"base_width": args.base_width})
     for seed in range(args.seeds):  # seeds outermost: a partial run has whole seeds of the small widths
